@@ -1,0 +1,189 @@
+"""The ablation engine: remove visual positions from layer l on, exactly and fast.
+
+Definition (DESIGN §2): removing a set R at layer l means that from layer l on
+no position attends to R, with every other token keeping its original position
+id. That equals deleting R's hidden states before layer l, which is what this
+engine does -- it never computes what cannot change:
+
+* one clean pass per sample records every layer's input hidden state and the
+  keys/values of every layer (the vision tower runs once per sample, here);
+* an ablated pass starts *at* layer l from the clean hidden state: layers
+  before l are skipped with nnsight's ``skip`` (their output is their input);
+* positions before the first removed position are identical to the clean pass
+  in every layer (causal attention), so their keys/values come from the clean
+  cache and only the suffix is recomputed (``reuse_prefix``);
+* many ablations of one layer run as one batch; rows are padded to the same
+  length and padding is masked out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import nnsight
+import torch
+from transformers import DynamicCache
+
+from .model import VisionLM
+
+log = logging.getLogger("horizon")
+
+MASKABLE_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Remove ``removed`` (sorted sequence positions) from layer ``layer`` on."""
+
+    layer: int
+    removed: tuple[int, ...]
+
+
+@dataclass
+class CleanPass:
+    """Everything an ablated pass reuses from the unablated forward pass."""
+
+    input_ids: torch.Tensor  # (S,)
+    layer_inputs: list[torch.Tensor]  # per layer, (S, D): hidden state entering the layer
+    keys: list[torch.Tensor]  # per layer, (1, kv_heads, S, head_dim), after RoPE
+    values: list[torch.Tensor]
+    position_ids: torch.Tensor  # (..., 1, S): (1, S) for RoPE, (3, 1, S) for M-RoPE
+    logits: torch.Tensor  # (1, S, V) full clean logits
+    scored: list[int]  # positions whose next-token distribution is scored
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def scored_logprobs(self) -> torch.Tensor:
+        """(m, V) float32 log-probabilities at the scored positions."""
+        return torch.log_softmax(self.logits[0, self.scored].float(), dim=-1)
+
+
+def ensure_maskable_attention(vlm: VisionLM) -> None:
+    """Ablated passes need a custom 4D mask; flash attention cannot take one."""
+    impl = vlm.language_model.config._attn_implementation
+    if impl not in MASKABLE_ATTENTION:
+        log.warning("attention implementation %r cannot take a custom mask; switching to sdpa", impl)
+        vlm.hf.set_attn_implementation("sdpa")
+
+
+@torch.no_grad()
+def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[int]) -> CleanPass:
+    """Run the unablated model once, recording what the ablated passes reuse."""
+    lm = vlm.lm_envoy
+    inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
+    with vlm.nn.trace(**inputs, use_cache=True):
+        lm_kwargs = lm.inputs[1].save()
+        hidden = nnsight.save([])
+        for layer in lm.layers:
+            hidden.append(layer.input[0].save())
+        output = vlm.nn.output.save()
+    seq_len = inputs["input_ids"].shape[1]
+    position_ids = lm_kwargs.get("position_ids")
+    if position_ids is None:
+        position_ids = torch.arange(seq_len, device=vlm.device)[None]
+    cache = output.past_key_values
+    return CleanPass(
+        input_ids=inputs["input_ids"][0],
+        layer_inputs=list(hidden),
+        keys=[layer.keys for layer in cache.layers],
+        values=[layer.values for layer in cache.layers],
+        position_ids=position_ids,
+        logits=output.logits,
+        scored=list(scored),
+    )
+
+
+def plan_batches(ablations: Sequence[Ablation], batch_size: int) -> list[list[int]]:
+    """Indices of ablations per batch: one layer per batch, neighbours by first position."""
+    order = sorted(range(len(ablations)), key=lambda i: (ablations[i].layer, ablations[i].removed[:1]))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and ablations[batches[-1][0]].layer == ablations[i].layer:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def auto_batch_size(vlm: VisionLM, clean: CleanPass) -> int:
+    """Rows per ablated pass that fit a modest memory budget."""
+    cfg = vlm.language_model.config
+    seq = clean.seq_len
+    elt = torch.finfo(vlm.dtype).bits // 8
+    heads = cfg.num_attention_heads
+    per_row = elt * seq * (seq * heads + 4 * cfg.intermediate_size + 3 * cfg.hidden_size)
+    per_row += elt * 2 * vlm.n_layers * seq * cfg.hidden_size  # suffix keys/values
+    if vlm.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(vlm.device)
+        budget = free // 3
+    else:
+        budget = 1 << 30
+    return int(max(1, min(256, budget // max(per_row, 1))))
+
+
+@torch.no_grad()
+def run_ablations(
+    vlm: VisionLM,
+    clean: CleanPass,
+    ablations: Sequence[Ablation],
+    batch_size: int | None = None,
+    reuse_prefix: bool = True,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield ``(indices, logprobs)`` per batch; logprobs is (B, m, V) float32 at the scored positions."""
+    batch_size = batch_size or auto_batch_size(vlm, clean)
+    for batch in plan_batches(ablations, batch_size):
+        yield batch, _ablated_pass(vlm, clean, [ablations[i] for i in batch], reuse_prefix)
+
+
+def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_prefix: bool) -> torch.Tensor:
+    layer = rows[0].layer
+    seq, device = clean.seq_len, vlm.device
+    first_scored = min(clean.scored)
+    # Everything before the earliest removed position is unchanged in every layer.
+    prefix = min(min(r.removed[:1] or (first_scored,)) for r in rows) if reuse_prefix else 0
+    prefix = min(prefix, first_scored)
+
+    kept = []
+    for r in rows:
+        removed = torch.tensor(r.removed, dtype=torch.long, device=device)
+        span = torch.arange(prefix, seq, device=device)
+        kept.append(span[~torch.isin(span, removed)])
+    n = max(len(k) for k in kept)
+    index = torch.stack([torch.cat([k, k[-1:].expand(n - len(k))]) for k in kept])  # (B, n)
+    valid = torch.stack([torch.arange(n, device=device) < len(k) for k in kept])  # (B, n)
+
+    hidden = clean.layer_inputs[layer][index]  # (B, n, D)
+    pos = clean.position_ids[..., 0, :]  # (..., S)
+    position_ids = pos[..., index]  # (..., B, n)
+
+    dtype = hidden.dtype
+    allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None] & valid[:, None, :]
+    allowed = torch.cat([torch.ones(len(rows), n, prefix, dtype=torch.bool, device=device), allowed], dim=-1)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    mask = mask[:, None]  # (B, 1, n, prefix + n)
+
+    cache = None
+    if prefix > 0:
+        cache = DynamicCache(
+            ddp_cache_data=[(None, None)] * layer
+            + [
+                (k[:, :, :prefix].expand(len(rows), -1, -1, -1), v[:, :, :prefix].expand(len(rows), -1, -1, -1))
+                for k, v in zip(clean.keys[layer:], clean.values[layer:])
+            ]
+        )
+
+    lm = vlm.lm_envoy
+    with lm.trace(inputs_embeds=hidden, position_ids=position_ids, attention_mask=mask, past_key_values=cache):
+        for skipped in lm.layers[:layer]:
+            skipped.skip(skipped.input)  # the clean state at layer l is already the input
+        final = lm.output.last_hidden_state.save()
+
+    scored = torch.tensor(clean.scored, device=device)
+    rows_at = torch.stack([torch.searchsorted(k, scored) for k in kept])  # (B, m)
+    picked = final[torch.arange(len(rows), device=device)[:, None], rows_at]  # (B, m, D)
+    return torch.log_softmax(vlm.lm_head(picked).float(), dim=-1)

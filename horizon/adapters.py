@@ -1,0 +1,199 @@
+"""Model adapters: the only place where architectures differ.
+
+An adapter knows where the decoder layers live, how to build a prompt with the
+processor's chat template, which sequence positions hold visual tokens, and
+each image's token grid. Everything else in horizon is architecture-agnostic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .errors import HorizonError
+from .groups import ImageGrid
+
+log = logging.getLogger("horizon")
+
+
+class Adapter:
+    """Base class; subclasses describe one family of checkpoints."""
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+    # Text between the generation prompt and the answer when teacher forcing.
+    answer_separator: str = ""
+
+    # -- model structure -------------------------------------------------
+    def language_model_path(self) -> str:
+        """Attribute path of the decoder stack (has `.layers` and `.norm`)."""
+        return "model.language_model"
+
+    def lm_head_path(self) -> str:
+        return "lm_head"
+
+    def image_token_id(self, model: torch.nn.Module) -> int:
+        return int(model.config.image_token_id)
+
+    # -- processing ------------------------------------------------------
+    def load_processor(self, source: str, trust_remote_code: bool) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    def prompt(self, processor: Any, question: str, n_images: int = 1) -> str:
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, processor: Any, images: list[Image.Image], prompt: str) -> dict[str, torch.Tensor]:
+        return dict(processor(images=images, text=prompt, return_tensors="pt"))
+
+    # -- geometry --------------------------------------------------------
+    def grid_shapes(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def grids(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[ImageGrid]:
+        """Token grid of every image, in sequence order."""
+        ids = inputs["input_ids"][0]
+        visual = (ids == self.image_token_id(model)).nonzero().flatten().tolist()
+        shapes = self.grid_shapes(model, inputs, max(1, len(visual)))
+        grids, i = [], 0
+        for h, w in shapes:
+            run = visual[i : i + h * w]
+            if len(run) != h * w or run != list(range(run[0], run[0] + h * w)):
+                raise HorizonError(
+                    f"{self.name}: cannot map the prompt's {len(visual)} image tokens onto "
+                    f"grids {shapes} (contiguous row-major runs expected)"
+                )
+            grids.append(ImageGrid(run[0], h, w))
+            i += h * w
+        if i != len(visual):
+            raise HorizonError(f"{self.name}: {len(visual)} image tokens but grids {shapes} hold {i}")
+        return grids
+
+
+class LlavaAdapter(Adapter):
+    """LLaVA-1.5 style: CLIP-like tower, a fixed square grid per image."""
+
+    name = "llava"
+    model_types = ("llava",)
+    answer_separator = " "
+
+    def grid_shapes(self, model, inputs, n_tokens):
+        cfg = model.config
+        if getattr(cfg, "vision_feature_select_strategy", "default") != "default":
+            raise HorizonError(
+                "llava: only vision_feature_select_strategy='default' (CLS token dropped) maps onto a grid"
+            )
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        n_images = max(1, n_tokens // (side * side))
+        return [(side, side)] * n_images
+
+
+class QwenVLAdapter(Adapter):
+    """Qwen2-VL / Qwen2.5-VL: dynamic grid per image, 2x2 patch merging, M-RoPE."""
+
+    name = "qwen-vl"
+    model_types = ("qwen2_5_vl", "qwen2_vl")
+    answer_separator = ""
+
+    def grid_shapes(self, model, inputs, n_tokens):
+        merge = model.config.vision_config.spatial_merge_size
+        shapes = []
+        for t, h, w in inputs["image_grid_thw"].tolist():
+            if t != 1:
+                raise HorizonError("qwen-vl: video inputs (temporal grid > 1) are not supported")
+            shapes.append((h // merge, w // merge))
+        return shapes
+
+    def load_processor(self, source, trust_remote_code):
+        try:
+            return super().load_processor(source, trust_remote_code)
+        except (AttributeError, ImportError, ValueError) as exc:
+            # transformers cannot build a Qwen-VL processor without torchvision
+            # (its video processor needs it). Images alone do not.
+            reason = " ".join(str(exc).split())[:160]
+            log.warning("AutoProcessor failed (%s); using horizon's image-only Qwen-VL processor", reason)
+            return QwenVLImageProcessor.from_pretrained(source, trust_remote_code)
+
+
+@dataclass
+class QwenVLImageProcessor:
+    """Image-only Qwen-VL processor for machines without torchvision.
+
+    Does what the transformers processor does for images: runs the image
+    processor, expands each image placeholder to one token per merged patch,
+    tokenizes, and marks image tokens in ``mm_token_type_ids`` (M-RoPE needs it).
+    """
+
+    tokenizer: Any
+    image_processor: Any
+    chat_template: str | None = None
+    image_token: str = "<|image_pad|>"
+
+    @classmethod
+    def from_pretrained(cls, source: str, trust_remote_code: bool = False) -> "QwenVLImageProcessor":
+        from transformers import AutoImageProcessor, AutoTokenizer
+        from transformers.utils import cached_file
+
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        template = None
+        for name in ("chat_template.jinja", "chat_template.json"):
+            path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+            if path:
+                with open(path, encoding="utf-8") as fh:
+                    template = fh.read() if name.endswith("jinja") else json.load(fh)["chat_template"]
+                break
+        image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        return cls(tokenizer, image_processor, template or tokenizer.chat_template, image_token)
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=tokenize
+        )
+
+    def __call__(self, images=None, text="", return_tensors="pt"):
+        out: dict[str, Any] = {}
+        if images:
+            out.update(self.image_processor(images=images, return_tensors="pt"))
+            merge = self.image_processor.merge_size**2
+            pieces = text.split(self.image_token)
+            if len(pieces) - 1 != len(images):
+                raise HorizonError(f"prompt has {len(pieces) - 1} image placeholders for {len(images)} images")
+            counts = [int(thw.prod()) // merge for thw in out["image_grid_thw"]]
+            text = pieces[0] + "".join(self.image_token * n + rest for n, rest in zip(counts, pieces[1:]))
+        enc = self.tokenizer(text, return_tensors="pt")
+        image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        out.update(enc)
+        out["mm_token_type_ids"] = (enc["input_ids"] == image_id).long()
+        return out
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, QwenVLAdapter)
+
+
+def supported_model_types() -> list[str]:
+    return [t for a in ADAPTERS for t in a.model_types]
+
+
+def adapter_for(config: Any) -> Adapter:
+    """Pick the adapter for a transformers config, or fail naming what is supported."""
+    model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter()
+    archs = ", ".join(getattr(config, "architectures", None) or [str(model_type)])
+    raise HorizonError(
+        f"unsupported architecture {archs} (model_type {model_type!r}); "
+        f"supported model types: {', '.join(supported_model_types())}"
+    )
