@@ -1,0 +1,124 @@
+"""The `horizon` command: a thin shell over the Python API.
+
+User errors (HorizonError) end with one line on stderr and exit status 2,
+never a traceback; completed samples stay on disk and `--resume` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import HorizonError
+from .store import LOG_NAME
+
+log = logging.getLogger("horizon")
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from .model import load
+    from .scan import ScanConfig, scan
+
+    cfg = ScanConfig(
+        layers=args.layers, group=args.group, protocol=args.protocol,
+        metrics=tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None,
+        target=args.target, answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
+        limit=args.limit, on_error=args.on_error, max_new_tokens=args.max_new_tokens,
+    )
+    cfg.validate()  # fail on bad options before loading a model
+    if not Path(args.data).is_file():
+        raise HorizonError(f"dataset file not found: {args.data}")
+    out = Path(args.out)
+    _log_to(out if (out / "run.json").exists() or not out.exists() or not any(out.iterdir()) else None)
+    vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+               allow_unsafe_weights=args.allow_unsafe_weights)
+    result = scan(vlm, args.data, out=out, resume=args.resume, config=cfg, progress=not args.quiet)
+    ok = (result.samples.status == "ok").sum()
+    print(f"run written to {out} ({ok} of {len(result.samples)} samples ok, {len(result.scores)} scores)")
+    return 0
+
+
+def _log_to(run_dir: Path | None) -> None:
+    if run_dir is None:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / LOG_NAME)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Until the toy zoo lands: build a tiny random checkpoint and scan it end to end."""
+    from .scan import scan
+    from .tiny import build_tiny, write_tiny_dataset
+
+    out = Path(args.out)
+    work = Path(tempfile.mkdtemp(prefix="horizon-demo-"))
+    print(f"building a tiny random-weight LLaVA-architecture checkpoint in {work / 'model'}")
+    model = build_tiny(work / "model", arch="llava", layers=4, grid=(4, 4))
+    data = write_tiny_dataset(work / "data", n=args.limit)
+    result = scan(str(model), data, out=out, resume=(out / "run.json").exists(), group=2)
+    print(f"scanned {len(result.samples)} samples x {len(result.config['layers'])} layers; run written to {out}")
+    print("(random weights: the numbers only show the pipeline works; the trained zoo comes in a later release)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="horizon", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scan", help="measure per-layer information of visual tokens; write a run directory")
+    s.add_argument("--model", required=True, help="hub id or local checkpoint directory")
+    s.add_argument("--data", required=True, help="dataset JSONL (DESIGN §4)")
+    s.add_argument("--out", required=True, help="run directory to write")
+    s.add_argument("--layers", default="all", help="all | 0,4,8 | 0:32:2 (default: all)")
+    s.add_argument("--group", type=int, default=2, help="k x k window of visual tokens per group (default: 2)")
+    s.add_argument("--protocol", default="remove", choices=["remove", "keep"])
+    s.add_argument("--metric", default=None, help="comma list: kl,dlogp,dprob (remove) or gain_logp,gain_prob (keep)")
+    s.add_argument("--target", default="gt", choices=["gt", "pred"])
+    s.add_argument("--answer-span", default="first", choices=["first", "full"])
+    s.add_argument("--limit", type=int, default=None, help="first N samples only")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    s.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    s.add_argument("--batch-size", type=int, default=None, help="ablations per forward pass (default: automatic)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true", help="continue a killed run (same configuration)")
+    s.add_argument("--on-error", default="stop", choices=["stop", "skip"],
+                   help="skip: record a bad sample's error in samples.parquet and go on")
+    s.add_argument("--max-new-tokens", type=int, default=16, help="greedy answer length for clean_pred / --target pred")
+    s.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    s.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle (.bin) weights")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_scan)
+
+    d = sub.add_parser("demo", help="end to end on the embedded default")
+    d.add_argument("--out", default="demo-run", help="where the run goes (default: demo-run)")
+    d.add_argument("--limit", type=int, default=4, help="samples to scan")
+    d.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="horizon: %(message)s",
+                        stream=sys.stderr)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        return args.func(args)
+    except HorizonError as exc:
+        print(f"horizon: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("horizon: interrupted; completed samples are on disk, rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""`scan`: per-layer, per-group information of visual tokens, as tidy frames.
+
+For every sample: build the prompt, append the target answer (teacher
+forcing), run the clean pass once, tile the image grids into k x k groups,
+then score every (layer, group) ablation with the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .ablation import Ablation, CleanPass, clean_pass, ensure_maskable_attention, plan_batches, auto_batch_size, run_ablations
+from .data import Sample, as_samples
+from .errors import HorizonError, SampleError
+from .groups import Group, tile
+from .model import VisionLM, load
+from .scores import DEFAULT_METRICS, check_metrics, keep_scores, remove_scores
+from .store import GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore
+
+log = logging.getLogger("horizon")
+
+
+@dataclass
+class ScanConfig:
+    """What to measure. Defaults follow DESIGN §2 and §4."""
+
+    layers: str | Sequence[int] = "all"
+    group: int = 2
+    protocol: str = "remove"  # remove | keep
+    metrics: tuple[str, ...] | None = None  # None: the protocol's defaults
+    target: str = "gt"  # gt | pred
+    answer_span: str = "first"  # first | full
+    batch_size: int | None = None  # None: chosen from the memory budget
+    seed: int = 0
+    limit: int | None = None
+    on_error: str = "stop"  # stop | skip
+    reuse_prefix: bool = True
+    max_new_tokens: int = 16
+
+    def validate(self) -> None:
+        self.metrics = check_metrics(self.protocol, self.metrics or DEFAULT_METRICS.get(self.protocol, ()))
+        choices = {"target": ("gt", "pred"), "answer_span": ("first", "full"), "on_error": ("stop", "skip")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise HorizonError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.group < 1:
+            raise HorizonError(f"--group must be a positive window size, got {self.group}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise HorizonError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise HorizonError(f"--limit must be positive, got {self.limit}")
+
+
+@dataclass
+class ScanResult:
+    """The tidy frames a scan produces (the same tables the run directory holds)."""
+
+    samples: pd.DataFrame
+    groups: pd.DataFrame
+    scores: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+
+def parse_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
+    """`all`, `0,4,8` or `start:stop[:step]` (Python slice of 0..L-1)."""
+    if isinstance(spec, int):
+        layers = [spec]
+    elif isinstance(spec, str):
+        text = spec.strip()
+        try:
+            if text == "all":
+                layers = list(range(n_layers))
+            elif ":" in text:
+                parts = [int(p) if p.strip() else None for p in text.split(":")]
+                if len(parts) > 3:
+                    raise ValueError
+                start, stop, step = (parts + [None, None])[:3]
+                if (start is not None and start < 0) or (stop is not None and stop < 0) or (step is not None and step <= 0):
+                    raise ValueError
+                stop = n_layers if stop is None else stop
+                if stop > n_layers:
+                    raise HorizonError(f"--layers {spec}: stop {stop} is past the model's {n_layers} decoder layers (0..{n_layers - 1})")
+                layers = list(range(start or 0, stop, step or 1))
+            else:
+                layers = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise HorizonError(f"--layers {spec!r}: expected all, a list like 0,4,8 or a range like 0:32:2") from None
+    else:
+        layers = [int(x) for x in spec]
+    if not layers:
+        raise HorizonError(f"--layers {spec!r} selects no layer")
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise HorizonError(f"layer {bad[0]} out of range: the model has {n_layers} decoder layers (0..{n_layers - 1})")
+    return sorted(set(layers))
+
+
+def _encode(vlm: VisionLM, sample: Sample) -> tuple[dict[str, torch.Tensor], str]:
+    image = sample.load_image()
+    prompt = vlm.adapter.prompt(vlm.processor, sample.question, 1)
+    return vlm.adapter.encode(vlm.processor, [image], prompt), prompt
+
+
+def _answer_ids(vlm: VisionLM, sample: Sample, prompt: str) -> list[int]:
+    """The ground-truth answer's tokens as they follow the prompt."""
+    tok, sep = vlm.tokenizer, vlm.adapter.answer_separator
+    prefix = tok(prompt, add_special_tokens=False).input_ids
+    full = tok(prompt + sep + sample.answer, add_special_tokens=False).input_ids
+    ids = full[len(prefix):] if full[: len(prefix)] == prefix else tok(sep + sample.answer, add_special_tokens=False).input_ids
+    if not sample.answer.strip() or not ids:
+        raise SampleError(sample.id, f"answer {sample.answer!r} tokenizes to nothing")
+    return ids
+
+
+@torch.no_grad()
+def _greedy(vlm: VisionLM, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> list[int]:
+    inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
+    out = vlm.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = vlm.hf.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+    for i, t in enumerate(new):
+        if t in eos:
+            return new[:i] or [t]
+    return new
+
+
+def _append(inputs: dict[str, torch.Tensor], ids: list[int]) -> dict[str, torch.Tensor]:
+    extra = torch.tensor([ids], dtype=inputs["input_ids"].dtype)
+    out = dict(inputs)
+    out["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
+    out["attention_mask"] = torch.ones_like(out["input_ids"])
+    if "mm_token_type_ids" in inputs:
+        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(extra)], dim=1)
+    return out
+
+
+def _ablations(groups: list[Group], visual: list[int], layers: list[int], protocol: str) -> list[Ablation]:
+    if protocol == "remove":
+        return [Ablation(l, g.positions) for l in layers for g in groups]
+    everything = set(visual)
+    return [Ablation(l, tuple(sorted(everything - set(g.positions)))) for l in layers for g in groups]
+
+
+def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int], on_batch=None):
+    """Scan one sample; returns (sample row, groups frame, scores frame)."""
+    if sample.problem:
+        raise SampleError(sample.id, sample.problem)
+    prompt_inputs, prompt = _encode(vlm, sample)
+    generated = _greedy(vlm, prompt_inputs, cfg.max_new_tokens)
+    answer_ids = _answer_ids(vlm, sample, prompt) if cfg.target == "gt" else generated
+    if cfg.answer_span == "first":
+        answer_ids = answer_ids[:1]
+    inputs = _append(prompt_inputs, answer_ids)
+    start = prompt_inputs["input_ids"].shape[1]
+    scored = list(range(start - 1, start - 1 + len(answer_ids)))
+
+    grids = vlm.adapter.grids(vlm.hf, inputs)
+    if not grids:
+        raise SampleError(sample.id, "the prompt holds no image tokens")
+    groups = tile(grids, cfg.group)
+    visual = [p for g in groups for p in g.positions]
+    clean = clean_pass(vlm, inputs, scored)
+    target = torch.tensor(answer_ids, device=vlm.device)
+    logp = clean.scored_logprobs()
+    ablations = _ablations(groups, visual, layers, cfg.protocol)
+    batch_size = cfg.batch_size or auto_batch_size(vlm, clean)
+    n_batches = len(plan_batches(ablations, batch_size)) + (1 if cfg.protocol == "keep" else 0)
+
+    values = {m: np.zeros(len(ablations), dtype=np.float32) for m in cfg.metrics}
+    none = {}
+    if cfg.protocol == "keep":
+        baseline = [Ablation(l, tuple(visual)) for l in layers]
+        for idx, logq in run_ablations(vlm, clean, baseline, batch_size, cfg.reuse_prefix):
+            none.update({baseline[i].layer: logq[j] for j, i in enumerate(idx)})
+        if on_batch:
+            on_batch(1 / n_batches)
+    for idx, logq in run_ablations(vlm, clean, ablations, batch_size, cfg.reuse_prefix):
+        if cfg.protocol == "remove":
+            result = remove_scores(logp, logq, target, cfg.metrics)
+        else:
+            layer = ablations[idx[0]].layer
+            result = keep_scores(none[layer], logq, target, cfg.metrics)
+        for metric, v in result.items():
+            values[metric][idx] = v.float().cpu().numpy()
+        if on_batch:
+            on_batch(1 / n_batches)
+
+    n_groups = len(groups)
+    scores = pd.concat(
+        [
+            pd.DataFrame({
+                "sample_id": sample.id,
+                "layer": np.repeat(np.asarray(layers, dtype=np.int64), n_groups),
+                "group": np.tile(np.arange(n_groups, dtype=np.int64), len(layers)),
+                "metric": metric,
+                "value": values[metric],
+            })
+            for metric in cfg.metrics
+        ],
+        ignore_index=True,
+    )
+    group_frame = pd.DataFrame({
+        "sample_id": sample.id,
+        "group": [g.index for g in groups],
+        "row": [g.row for g in groups],
+        "col": [g.col for g in groups],
+        "positions": [list(g.positions) for g in groups],
+    })
+    row = {
+        "sample_id": sample.id, "task": sample.task, "question": sample.question, "answer": sample.answer,
+        "input_ids": inputs["input_ids"][0].tolist(), "answer_ids": list(answer_ids), "image": str(sample.image),
+        "n_visual": len(visual), "grid_h": grids[0].height, "grid_w": grids[0].width,
+        "clean_logp": float(logp.gather(-1, target[:, None]).sum()),
+        "clean_pred": vlm.tokenizer.decode(generated, skip_special_tokens=True).strip(),
+        "status": "ok",
+    }
+    return row, group_frame, scores
+
+
+def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | None) -> dict[str, Any]:
+    import nnsight
+    import transformers
+
+    return {
+        "horizon_version": __version__,
+        "model": vlm.source,
+        "adapter": vlm.adapter.name,
+        "architecture": type(vlm.hf).__name__,
+        "n_layers": vlm.n_layers,
+        "dtype": str(vlm.dtype).replace("torch.", ""),
+        "device": str(vlm.device),
+        "protocol": cfg.protocol,
+        "metrics": list(cfg.metrics),
+        "group": cfg.group,
+        "layers": layers,
+        "target": cfg.target,
+        "answer_span": cfg.answer_span,
+        "seed": cfg.seed,
+        "max_new_tokens": cfg.max_new_tokens,
+        "data": data,
+        "batch_size": cfg.batch_size,
+        "reuse_prefix": cfg.reuse_prefix,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "nnsight": nnsight.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__,
+        },
+    }
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def scan(
+    model: VisionLM | str | Path,
+    samples: str | Path | Iterable[Sample | Mapping[str, Any]],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    config: ScanConfig | None = None,
+    **options: Any,
+) -> ScanResult:
+    """Measure per-layer information of visual tokens.
+
+    ``scan(model, samples, layers="all", group=2, metrics=("kl", "dlogp"))``.
+    ``model`` is a loaded :class:`VisionLM` or a hub id / directory; ``samples``
+    a DESIGN §4 JSONL path or records. Options are the fields of
+    :class:`ScanConfig`. With ``out`` the run directory is written (and resumed
+    with ``resume=True``); the returned frames are the same tables.
+    """
+    cfg = config or ScanConfig(**{k: tuple(v) if k == "metrics" and v else v for k, v in options.items()})
+    cfg.validate()
+    vlm = model if isinstance(model, VisionLM) else load(model)
+    ensure_maskable_attention(vlm)
+    layers = parse_layers(cfg.layers, vlm.n_layers)
+    data_name = str(Path(samples).resolve()) if isinstance(samples, (str, Path)) else None
+    records = as_samples(samples, strict=cfg.on_error == "stop")
+    if cfg.limit:
+        records = records[: cfg.limit]
+    meta = run_config(vlm, cfg, layers, data_name)
+
+    store = RunStore(out) if out is not None else None
+    if store:
+        store.open(meta, resume)
+    done = store.completed() if store else set()
+    todo = [s for s in records if s.id not in done]
+    if done:
+        log.info("resuming: %d of %d samples already done", len(records) - len(todo), len(records))
+
+    rows, group_frames, score_frames = [], [], []
+    _seed(cfg.seed)
+    bar = tqdm(total=len(todo), unit="sample", disable=not progress, dynamic_ncols=True, desc="scan",
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} samples [{elapsed}<{remaining}]")
+    try:
+        for sample in todo:
+            start = bar.n
+            try:
+                row, groups, scores = scan_sample(vlm, sample, cfg, layers, on_batch=bar.update)
+            except SampleError as exc:
+                if cfg.on_error == "stop":
+                    raise
+                log.warning("skipping %s", exc)
+                row = {"sample_id": sample.id, "task": sample.task, "question": sample.question,
+                       "answer": sample.answer, "image": str(sample.image), "status": f"error: {exc.reason}"}
+                groups = pd.DataFrame(columns=GROUP_COLUMNS)
+                scores = pd.DataFrame(columns=SCORE_COLUMNS)
+            bar.n = start + 1
+            bar.refresh()
+            if store:
+                store.add(row, groups, scores)
+            else:
+                rows.append(row)
+                group_frames.append(groups)
+                score_frames.append(scores)
+    finally:
+        bar.close()
+
+    if store:
+        from .store import read_run
+
+        run = read_run(store.path)
+        return ScanResult(run["samples"], run["groups"], run["scores"], run["config"], store.path)
+    samples_df = pd.DataFrame([{k: r.get(k) for k in SAMPLE_COLUMNS} for r in rows], columns=SAMPLE_COLUMNS)
+    groups_df = pd.concat(group_frames, ignore_index=True) if group_frames else pd.DataFrame(columns=GROUP_COLUMNS)
+    scores_df = pd.concat([f for f in score_frames if len(f)], ignore_index=True) if any(len(f) for f in score_frames) else pd.DataFrame(columns=SCORE_COLUMNS)
+    return ScanResult(samples_df, groups_df, scores_df, meta, None)

@@ -1,0 +1,136 @@
+"""The run directory (DESIGN §3): run.json, samples/groups parquet, scores parts.
+
+Every file is written atomically (temporary name, then rename). A sample is
+committed when its row lands in samples.parquet, which is written last, so a
+killed run leaves only whole samples behind and ``resume`` continues after them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import HorizonError
+
+LOG_NAME = "scan.log"  # the only file besides the schema's that a run may hold
+SAMPLE_COLUMNS = [
+    "sample_id", "task", "question", "answer", "input_ids", "answer_ids", "image",
+    "n_visual", "grid_h", "grid_w", "clean_logp", "clean_pred", "status",
+]
+GROUP_COLUMNS = ["sample_id", "group", "row", "col", "positions"]
+SCORE_COLUMNS = ["sample_id", "layer", "group", "metric", "value"]
+
+# Keys of run.json that define the results; a resume must match them all.
+HASHED_KEYS = (
+    "model", "adapter", "dtype", "protocol", "metrics", "group", "layers",
+    "target", "answer_span", "seed", "data", "max_new_tokens",
+)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    payload = json.dumps({k: config.get(k) for k in HASHED_KEYS}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """Writes one run directory, sample by sample."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.samples = pd.DataFrame(columns=SAMPLE_COLUMNS)
+        self.groups = pd.DataFrame(columns=GROUP_COLUMNS)
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.path / "scores"
+
+    def open(self, config: dict[str, Any], resume: bool) -> None:
+        """Create the run, or reopen it for resuming after checking the config."""
+        config = {**config, "config_hash": config_hash(config)}
+        run_json = self.path / "run.json"
+        if run_json.exists():
+            if not resume:
+                raise HorizonError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+            old = json.loads(run_json.read_text())
+            if old.get("config_hash") != config["config_hash"]:
+                diff = [k for k in HASHED_KEYS if old.get(k) != config.get(k)]
+                detail = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
+                raise HorizonError(f"cannot resume {self.path}: configuration differs ({detail})")
+            self._load_existing()
+            return
+        if self.path.exists() and any(p.name != LOG_NAME for p in self.path.iterdir()):
+            raise HorizonError(f"{self.path} exists, is not empty and holds no run.json; choose another --out")
+        self.scores_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_json, (json.dumps(config, indent=2, default=str) + "\n").encode())
+
+    def _load_existing(self) -> None:
+        self.scores_dir.mkdir(parents=True, exist_ok=True)
+        if (self.path / "samples.parquet").exists():
+            self.samples = pd.read_parquet(self.path / "samples.parquet")
+        if (self.path / "groups.parquet").exists():
+            self.groups = pd.read_parquet(self.path / "groups.parquet")
+            self.groups = self.groups[self.groups.sample_id.isin(self.samples.sample_id)]
+        # Parts beyond the committed samples belong to a sample cut off mid-write.
+        for part in self.scores_dir.glob("part-*.parquet"):
+            if int(part.stem.split("-")[1]) >= len(self.samples):
+                part.unlink()
+
+    def completed(self) -> set[str]:
+        return set(self.samples.sample_id)
+
+    def add(self, sample_row: dict[str, Any], groups: pd.DataFrame, scores: pd.DataFrame) -> None:
+        """Commit one sample: scores part, then groups, then the sample row."""
+        index = len(self.samples)
+        if len(scores):
+            atomic_write_parquet(self.scores_dir / f"part-{index:06d}.parquet", scores[SCORE_COLUMNS])
+        if len(groups):
+            self.groups = pd.concat([self.groups, groups[GROUP_COLUMNS]], ignore_index=True) if len(self.groups) else groups[GROUP_COLUMNS]
+            atomic_write_parquet(self.path / "groups.parquet", self.groups)
+        row = pd.DataFrame([{k: sample_row.get(k) for k in SAMPLE_COLUMNS}])
+        self.samples = pd.concat([self.samples, row], ignore_index=True) if len(self.samples) else row
+        atomic_write_parquet(self.path / "samples.parquet", self.samples)
+
+
+def read_scores(run: str | Path) -> pd.DataFrame:
+    """Scores of a run, from scores.parquet or a scores/ folder of parts."""
+    run = Path(run)
+    if (run / "scores.parquet").exists():
+        return pd.read_parquet(run / "scores.parquet")
+    parts = sorted((run / "scores").glob("*.parquet")) if (run / "scores").is_dir() else []
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
+                             zip(SCORE_COLUMNS, ["str", "int64", "int64", "str", "float32"])})
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def read_run(run: str | Path) -> dict[str, Any]:
+    """run.json plus the three tables of a run directory."""
+    run = Path(run)
+    if not (run / "run.json").exists():
+        raise HorizonError(f"{run}: not a run directory (no run.json)")
+    return {
+        "config": json.loads((run / "run.json").read_text()),
+        "samples": pd.read_parquet(run / "samples.parquet") if (run / "samples.parquet").exists() else None,
+        "groups": pd.read_parquet(run / "groups.parquet") if (run / "groups.parquet").exists() else None,
+        "scores": read_scores(run),
+    }
