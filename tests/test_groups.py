@@ -1,0 +1,37 @@
+import pytest
+
+from horizon.errors import HorizonError
+from horizon.groups import ImageGrid, tile
+
+
+def test_reference_convention_24x24_k2():
+    start = 35
+    groups = tile([ImageGrid(start, 24, 24)], 2)
+    assert len(groups) == 144
+    for g in groups:
+        r, c = divmod(g.index, 12)
+        expected = {start + (2 * r + i) * 24 + 2 * c + j for i in range(2) for j in range(2)}
+        assert set(g.positions) == expected
+        assert (g.row, g.col) == (2 * r, 2 * c)
+
+
+def test_ragged_edges_cover_every_token_once():
+    groups = tile([ImageGrid(10, 5, 7)], 2)
+    sizes = [len(g.positions) for g in groups]
+    assert len(groups) == 3 * 4
+    assert sizes.count(4) == 2 * 3 and sizes.count(2) == 2 + 3 and sizes.count(1) == 1
+    covered = sorted(p for g in groups for p in g.positions)
+    assert covered == list(range(10, 10 + 35))
+    assert groups[-1].positions == (10 + 4 * 7 + 6,)
+
+
+def test_k1_is_single_tokens_and_images_are_numbered_on():
+    groups = tile([ImageGrid(3, 2, 2), ImageGrid(20, 1, 3)], 1)
+    assert [g.positions for g in groups] == [(3,), (4,), (5,), (6,), (20,), (21,), (22,)]
+    assert [g.index for g in groups] == list(range(7))
+    assert [g.image for g in groups] == [0] * 4 + [1] * 3
+
+
+def test_bad_window_size():
+    with pytest.raises(HorizonError, match="positive"):
+        tile([ImageGrid(0, 2, 2)], 0)
