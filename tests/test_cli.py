@@ -1,0 +1,97 @@
+"""`horizon scan` end to end: schema, resume after SIGKILL, refusal of a changed config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from horizon.cli import main
+from horizon.store import read_run
+
+HORIZON = [sys.executable, "-m", "horizon.cli"]
+
+
+def scan_args(model, data, out, *extra):
+    return ["scan", "--model", str(model), "--data", str(data), "--out", str(out), "-q", *extra]
+
+
+def test_run_directory_matches_schema(checkpoints, dataset, tmp_path):
+    out = tmp_path / "run"
+    assert main(scan_args(checkpoints["qwen2_5_vl"], dataset("qwen2_5_vl", 2), out, "--metric", "kl,dlogp,dprob")) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"run.json", "samples.parquet", "groups.parquet", "scores", "scan.log"}
+    config = json.loads((out / "run.json").read_text())
+    for key in ("model", "adapter", "dtype", "device", "protocol", "metrics", "group", "layers", "target",
+                "answer_span", "seed", "versions", "config_hash"):
+        assert key in config, key
+    assert config["layers"] == [0, 1, 2] and config["metrics"] == ["kl", "dlogp", "dprob"]
+
+    samples = pq.read_table(out / "samples.parquet").schema
+    expected = {"sample_id": "string", "task": "string", "question": "string", "answer": "string",
+                "input_ids": "list<element: int64>", "answer_ids": "list<element: int64>", "image": "string",
+                "n_visual": "int64", "grid_h": "int64", "grid_w": "int64", "clean_logp": "double",
+                "clean_pred": "string", "status": "string"}
+    assert {f.name: str(f.type).replace("large_", "").replace("item", "element") for f in samples} == expected
+    groups = pq.read_table(out / "groups.parquet").schema
+    assert [f.name for f in groups] == ["sample_id", "group", "row", "col", "positions"]
+    part = pq.read_table(next((out / "scores").glob("*.parquet"))).schema
+    assert [(f.name, str(f.type).replace("large_", "")) for f in part] == [
+        ("sample_id", "string"), ("layer", "int64"), ("group", "int64"), ("metric", "string"), ("value", "float")]
+    run = read_run(out)
+    assert len(run["scores"]) == 2 * 3 * 6 * 3  # samples x layers x groups (3x5 grid, k=2: 2x3 windows) x metrics
+    assert run["samples"].grid_h.tolist() == [3, 3] and run["samples"].grid_w.tolist() == [5, 5]
+
+
+def _rows(path: Path) -> int:
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:
+        return 0
+
+
+def test_sigkill_then_resume_gives_identical_scores(checkpoints, dataset, tmp_path):
+    n = 24
+    data = dataset("llava", n)
+    model = checkpoints["llava"]
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(HORIZON + scan_args(model, data, killed, "--group", "1", "--batch-size", "1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while _rows(killed / "samples.parquet") < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _rows(killed / "samples.parquet")
+    assert 2 <= done < n, f"the kill did not land mid-run ({done} of {n} samples done)"
+
+    assert main(scan_args(model, data, killed, "--group", "1", "--resume")) == 0
+    assert main(scan_args(model, data, full, "--group", "1")) == 0
+    a, b = read_run(killed), read_run(full)
+    assert a["samples"].sample_id.tolist() == b["samples"].sample_id.tolist() == [f"q{i}" for i in range(n)]
+    key = ["sample_id", "layer", "group", "metric"]
+    sa, sb = a["scores"].sort_values(key).reset_index(drop=True), b["scores"].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(sa[key], sb[key])
+    assert np.abs(sa.value.to_numpy() - sb.value.to_numpy()).max() <= 1e-6
+    assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
+
+
+def test_resume_with_changed_config_is_refused(checkpoints, dataset, tmp_path, capsys):
+    data, out = dataset("llava", 1), tmp_path / "run"
+    assert main(scan_args(checkpoints["llava"], data, out)) == 0
+    capsys.readouterr()
+    assert main(scan_args(checkpoints["llava"], data, out, "--group", "1", "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume" in err[0] and "group: 2 -> 1" in err[0]
+    assert main(scan_args(checkpoints["llava"], data, out)) == 2  # exists, no --resume
+    assert "--resume" in capsys.readouterr().err
