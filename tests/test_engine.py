@@ -134,3 +134,25 @@ def test_scan_returns_schema_frames_in_memory(models, dataset):
     assert len(result.scores) == 2 * 2 * 9
     assert list(result.groups.columns) == ["sample_id", "group", "row", "col", "positions"]
     assert (result.samples.status == "ok").all()
+
+
+def test_qwen2_vl_shares_the_qwen_adapter(tmp_path):
+    """Qwen2-VL uses the same adapter; spot-check the engine against deletion there too."""
+    from PIL import Image
+
+    from horizon.tiny import build_tiny
+
+    vlm = horizon.load(build_tiny(tmp_path / "q2", arch="qwen2_vl", grid=(2, 3), layers=2), device="cpu")
+    assert vlm.adapter.name == "qwen-vl"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8))
+    prompt = vlm.adapter.prompt(vlm.processor, "what is the color?")
+    inputs = vlm.adapter.encode(vlm.processor, [image], prompt)
+    grids = vlm.adapter.grids(vlm.hf, inputs)
+    assert [(g.height, g.width) for g in grids] == [(2, 3)]
+    scored = [inputs["input_ids"].shape[1] - 1]
+    clean = clean_pass(vlm, inputs, scored)
+    ablations = [Ablation(l, g.positions) for l in range(2) for g in tile(grids, 2)]
+    for idx, logq in run_ablations(vlm, clean, ablations, batch_size=3):
+        for j, i in enumerate(idx):
+            expected = reference_logprobs(vlm, inputs, ablations[i].layer, ablations[i].removed, scored)
+            assert np.abs(logq[j].double().numpy() - expected).max() <= TOL
