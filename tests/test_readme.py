@@ -1,0 +1,13 @@
+"""The README's Python API example runs as written."""
+
+import re
+from pathlib import Path
+
+
+def test_readme_python_api_example_runs():
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    example = next(b for b in blocks if "horizon.scan(" in b)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert len(namespace["result"].scores) == 2 * 2 * 4 * 2  # samples x layers x 1x1 groups of 2x2 x metrics
