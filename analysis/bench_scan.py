@@ -51,6 +51,7 @@ from horizon.scan import _answer_ids, _append, _encode
 from horizon.tiny import build_tiny
 
 TOLERANCE = 1e-4
+N_CHECK = 6  # ablations per protocol compared against the naive result
 
 
 def build_model(root: Path, args: argparse.Namespace) -> VisionLM:
@@ -88,13 +89,12 @@ def engine(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: list[int],
            jobs: list[list[Ablation]], reuse_prefix: bool = True) -> list[torch.Tensor]:
     """Clean pass + every batch of every job; returns (m, V) log-probs per ablation, per job order."""
     clean = clean_pass(vlm, inputs, scored)
-    out = []
+    out: list[torch.Tensor] = []
     for ablations in jobs:
-        logq: list[torch.Tensor] = [None] * len(ablations)  # type: ignore[list-item]
+        logq: dict[int, torch.Tensor] = {}
         for idx, batch in run_ablations(vlm, clean, ablations, batch_size=None, reuse_prefix=reuse_prefix):
-            for j, i in enumerate(idx):
-                logq[i] = batch[j]
-        out.extend(logq)
+            logq.update(zip(idx, batch))
+        out.extend(logq[i] for i in range(len(ablations)))
     return out
 
 
@@ -124,7 +124,7 @@ def time_naive(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: list[int]
 
 
 def check(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: list[int],
-          ablations: list[Ablation], logq: list[torch.Tensor], n: int = 6) -> float:
+          ablations: list[Ablation], logq: list[torch.Tensor], n: int = N_CHECK) -> float:
     """Max |engine - naive| log-prob over n evenly spaced ablations."""
     picks = np.linspace(0, len(ablations) - 1, n).round().astype(int)
     return max(float((logq[i] - naive_one(vlm, inputs, scored, ablations[i])).abs().max()) for i in picks)
@@ -175,7 +175,7 @@ def main() -> None:
           f"({t_naive / t_noreuse:.1f}x vs naive, prefix reuse gains {t_noreuse / t_engine:.2f}x)")
     for protocol, diff in checks:
         verdict = "OK" if diff < TOLERANCE else "FAIL"
-        print(f"check {protocol}: max |engine - naive| log-prob over 6 ablations = {diff:.2e} "
+        print(f"check {protocol}: max |engine - naive| log-prob over {N_CHECK} ablations = {diff:.2e} "
               f"(< {TOLERANCE:g}: {verdict})")
 
 
