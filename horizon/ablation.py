@@ -97,15 +97,31 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
     )
 
 
-def plan_batches(ablations: Sequence[Ablation], batch_size: int) -> list[list[int]]:
-    """Indices of ablations per batch: one layer per batch, neighbours by first position."""
+def plan_batches(
+    ablations: Sequence[Ablation], batch_size: int, seq_len: int | None = None, max_waste: float = 0.1
+) -> list[list[int]]:
+    """Indices of ablations per batch: one layer per batch, neighbours by first removed position.
+
+    A batch shares one reused prefix, the earliest removed position among its
+    rows; rows whose own removal starts later recompute the gap. With
+    ``seq_len`` a batch is closed once that gap would exceed ``max_waste`` of
+    the recomputed length, so prefix reuse keeps paying on large batches.
+    """
     order = sorted(range(len(ablations)), key=lambda i: (ablations[i].layer, ablations[i].removed[:1]))
     batches: list[list[int]] = []
+    prefix = 0
     for i in order:
-        if batches and len(batches[-1]) < batch_size and ablations[batches[-1][0]].layer == ablations[i].layer:
+        first = ablations[i].removed[0] if ablations[i].removed else (seq_len or 0)
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and ablations[batches[-1][0]].layer == ablations[i].layer
+            and (seq_len is None or first - prefix <= max_waste * (seq_len - prefix))
+        ):
             batches[-1].append(i)
         else:
             batches.append([i])
+            prefix = first
     return batches
 
 
@@ -135,14 +151,15 @@ def run_ablations(
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield ``(indices, logprobs)`` per batch; logprobs is (B, m, V) float32 at the scored positions."""
     batch_size = batch_size or auto_batch_size(vlm, clean)
-    for batch in plan_batches(ablations, batch_size):
+    for batch in plan_batches(ablations, batch_size, clean.seq_len):
         yield batch, _ablated_pass(vlm, clean, [ablations[i] for i in batch], reuse_prefix)
 
 
 def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_prefix: bool) -> torch.Tensor:
     layer = rows[0].layer
-    seq, device = clean.seq_len, vlm.device
+    device = vlm.device
     first_scored = min(clean.scored)
+    seq = max(clean.scored) + 1  # later positions cannot reach the scored ones (causal)
     # Everything before the earliest removed position is unchanged in every layer.
     prefix = min(min(r.removed[:1] or (first_scored,)) for r in rows) if reuse_prefix else 0
     prefix = min(prefix, first_scored)
@@ -160,12 +177,12 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
     pos = clean.position_ids[..., 0, :]  # (..., S)
     position_ids = pos[..., index]  # (..., B, n)
 
-    dtype = hidden.dtype
     allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None] & valid[:, None, :]
     allowed = torch.cat([torch.ones(len(rows), n, prefix, dtype=torch.bool, device=device), allowed], dim=-1)
+    dtype = hidden.dtype
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    mask = mask[:, None]  # (B, 1, n, prefix + n)
+    mask = mask[:, None]  # (B, 1, n, prefix + n), additive: eager and sdpa both take it
 
     cache = None
     if prefix > 0:

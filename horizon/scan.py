@@ -178,7 +178,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     logp = clean.scored_logprobs()
     ablations = _ablations(groups, visual, layers, cfg.protocol)
     batch_size = cfg.batch_size or auto_batch_size(vlm, clean)
-    n_batches = len(plan_batches(ablations, batch_size)) + (1 if cfg.protocol == "keep" else 0)
+    n_batches = len(plan_batches(ablations, batch_size, clean.seq_len)) + (1 if cfg.protocol == "keep" else 0)
 
     values = {m: np.zeros(len(ablations), dtype=np.float32) for m in cfg.metrics}
     none = {}
