@@ -156,3 +156,12 @@ def test_qwen2_vl_shares_the_qwen_adapter(tmp_path):
         for j, i in enumerate(idx):
             expected = reference_logprobs(vlm, inputs, ablations[i].layer, ablations[i].removed, scored)
             assert np.abs(logq[j].double().numpy() - expected).max() <= TOL
+
+
+def test_eager_attention_gives_the_same_scores(checkpoints, models, dataset):
+    path = dataset("llava", 1)
+    eager = horizon.load(checkpoints["llava"], device="cpu", attn_implementation="eager")
+    assert eager.language_model.config._attn_implementation == "eager"
+    a = horizon.scan(eager, path, group=2, progress=False).scores
+    b = horizon.scan(models["llava"], path, group=2, progress=False).scores
+    assert np.abs(a.value.to_numpy() - b.value.to_numpy()).max() <= TOL

@@ -35,3 +35,20 @@ def test_k1_is_single_tokens_and_images_are_numbered_on():
 def test_bad_window_size():
     with pytest.raises(HorizonError, match="positive"):
         tile([ImageGrid(0, 2, 2)], 0)
+
+
+def test_batch_plan_keeps_layers_apart_and_bounds_recompute():
+    from horizon.ablation import Ablation, plan_batches
+
+    ablations = [Ablation(l, (p, p + 1)) for l in (1, 0) for p in range(10, 90, 2)]
+    seq = 100
+    batches = plan_batches(ablations, batch_size=8, seq_len=seq, max_waste=0.1)
+    assert sorted(i for b in batches for i in b) == list(range(len(ablations)))
+    for batch in batches:
+        rows = [ablations[i] for i in batch]
+        assert len({r.layer for r in rows}) == 1 and len(rows) <= 8
+        firsts = [r.removed[0] for r in rows]
+        assert firsts == sorted(firsts)
+        assert max(firsts) - min(firsts) <= 0.1 * (seq - min(firsts))
+    # without a sequence length only the size and layer bounds apply
+    assert [len(b) for b in plan_batches(ablations, batch_size=16)] == [16, 16, 8, 16, 16, 8]
