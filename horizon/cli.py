@@ -51,17 +51,21 @@ def _log_to(run_dir: Path | None) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Until the toy zoo lands: build a tiny random checkpoint and scan it end to end."""
+    """Until the toy zoo lands: build a tiny random checkpoint and scan it end to end.
+
+    Everything goes under ``--out``: ``model/`` and ``data/`` (rebuilt
+    identically each time, seeded) and ``run/`` (resumed when it exists).
+    """
     from .scan import scan
     from .tiny import build_tiny, write_tiny_dataset
 
     out = Path(args.out)
-    work = Path(tempfile.mkdtemp(prefix="horizon-demo-"))
-    print(f"building a tiny random-weight LLaVA-architecture checkpoint in {work / 'model'}")
-    model = build_tiny(work / "model", arch="llava", layers=4, grid=(4, 4))
-    data = write_tiny_dataset(work / "data", n=args.limit)
-    result = scan(str(model), data, out=out, resume=(out / "run.json").exists(), group=2)
-    print(f"scanned {len(result.samples)} samples x {len(result.config['layers'])} layers; run written to {out}")
+    print(f"building a tiny random-weight LLaVA-architecture checkpoint in {out / 'model'}")
+    model = build_tiny(out / "model", arch="llava", layers=4, grid=(4, 4))
+    data = write_tiny_dataset(out / "data", n=args.limit)
+    run = out / "run"
+    result = scan(str(model), data, out=run, resume=(run / "run.json").exists(), group=2)
+    print(f"scanned {len(result.samples)} samples x {len(result.config['layers'])} layers; run written to {run}")
     print("(random weights: the numbers only show the pipeline works; the trained zoo comes in a later release)")
     return 0
 
@@ -96,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_scan)
 
     d = sub.add_parser("demo", help="end to end on the embedded default")
-    d.add_argument("--out", default="demo-run", help="where the run goes (default: demo-run)")
+    d.add_argument("--out", default="demo-run", help="folder for the demo's model, data and run (default: demo-run)")
     d.add_argument("--limit", type=int, default=4, help="samples to scan")
     d.set_defaults(func=_demo)
     return parser
