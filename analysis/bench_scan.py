@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 import horizon
-from horizon.ablation import Ablation, CleanPass, clean_pass, ensure_maskable_attention, run_ablations
+from horizon.ablation import Ablation, clean_pass, ensure_maskable_attention, run_ablations
 from horizon.data import Sample
 from horizon.groups import tile
 from horizon.model import VisionLM

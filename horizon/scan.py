@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import platform
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .ablation import Ablation, CleanPass, clean_pass, ensure_maskable_attention, plan_batches, auto_batch_size, run_ablations
+from .ablation import Ablation, clean_pass, ensure_maskable_attention, plan_batches, auto_batch_size, run_ablations
 from .data import Sample, as_samples
 from .errors import HorizonError, SampleError
 from .groups import Group, tile
