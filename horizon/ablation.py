@@ -50,6 +50,7 @@ class CleanPass:
     keys: list[torch.Tensor]  # per layer, (1, kv_heads, S, head_dim), after RoPE
     values: list[torch.Tensor]
     position_ids: torch.Tensor  # (..., 1, S): (1, S) for RoPE, (3, 1, S) for M-RoPE
+    rotary: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (S, head_dim), as the layers received them
     logits: torch.Tensor  # (1, S, V) full clean logits
     scored: list[int]  # positions whose next-token distribution is scored
 
@@ -78,6 +79,7 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
     with vlm.nn.trace(**inputs, use_cache=True):
         lm_kwargs = lm.inputs[1].save()
         hidden = nnsight.save([])
+        rotary = lm.layers[0].inputs[1]["position_embeddings"].save()
         for layer in lm.layers:
             hidden.append(layer.input[0].save())
         output = vlm.nn.output.save()
@@ -92,6 +94,7 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
         keys=[layer.keys for layer in cache.layers],
         values=[layer.values for layer in cache.layers],
         position_ids=position_ids,
+        rotary=(rotary[0][0], rotary[1][0]),
         logits=output.logits,
         scored=list(scored),
     )
@@ -156,8 +159,9 @@ def run_ablations(
 
 
 def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_prefix: bool) -> torch.Tensor:
-    layer = rows[0].layer
-    device = vlm.device
+    layer, last = rows[0].layer, vlm.n_layers - 1
+    device, n_rows = vlm.device, len(rows)
+    m = len(clean.scored)
     first_scored = min(clean.scored)
     seq = max(clean.scored) + 1  # later positions cannot reach the scored ones (causal)
     # Everything before the earliest removed position is unchanged in every layer.
@@ -170,37 +174,45 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
         span = torch.arange(prefix, seq, device=device)
         kept.append(span[~torch.isin(span, removed)])
     n = max(len(k) for k in kept)
-    index = torch.stack([torch.cat([k, k[-1:].expand(n - len(k))]) for k in kept])  # (B, n)
-    valid = torch.stack([torch.arange(n, device=device) < len(k) for k in kept])  # (B, n)
+    # Left padding keeps the scored positions (the sequence's tail) in the last m rows.
+    index = torch.stack([torch.cat([k[:1].expand(n - len(k)), k]) for k in kept])  # (B, n)
+    valid = torch.stack([torch.arange(n, device=device) >= n - len(k) for k in kept])  # (B, n)
+    assert torch.equal(index[:, n - m:], torch.tensor(clean.scored, device=device).expand(n_rows, m))
 
     hidden = clean.layer_inputs[layer][index]  # (B, n, D)
-    pos = clean.position_ids[..., 0, :]  # (..., S)
-    position_ids = pos[..., index]  # (..., B, n)
+    position_ids = clean.position_ids[..., 0, :][..., index]  # (..., B, n)
+    rotary = (clean.rotary[0][index], clean.rotary[1][index])  # (B, n, head_dim) each
 
-    allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None] & valid[:, None, :]
-    allowed = torch.cat([torch.ones(len(rows), n, prefix, dtype=torch.bool, device=device), allowed], dim=-1)
-    dtype = hidden.dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None]
+    allowed = (causal & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=device)  # pads see themselves
+    allowed = torch.cat([torch.ones(n_rows, n, prefix, dtype=torch.bool, device=device), allowed], dim=-1)
+    mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)
     mask = mask[:, None]  # (B, 1, n, prefix + n), additive: eager and sdpa both take it
 
-    cache = None
-    if prefix > 0:
-        cache = DynamicCache(
-            ddp_cache_data=[(None, None)] * layer
-            + [
-                (k[:, :, :prefix].expand(len(rows), -1, -1, -1), v[:, :, :prefix].expand(len(rows), -1, -1, -1))
-                for k, v in zip(clean.keys[layer:], clean.values[layer:])
-            ]
-        )
+    def prefix_kv(j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (clean.keys[j][:, :, :prefix].expand(n_rows, -1, -1, -1),
+                clean.values[j][:, :, :prefix].expand(n_rows, -1, -1, -1))
 
-    lm = vlm.lm_envoy
-    with lm.trace(inputs_embeds=hidden, position_ids=position_ids, attention_mask=mask, past_key_values=cache):
-        for skipped in lm.layers[:layer]:
-            skipped.skip(skipped.input)  # the clean state at layer l is already the input
-        final = lm.output.last_hidden_state.save()
+    if layer < last:
+        cache = DynamicCache(ddp_cache_data=[(None, None)] * layer + [prefix_kv(j) for j in range(layer, last)]) if prefix else None
+        lm = vlm.lm_envoy
+        with lm.trace(inputs_embeds=hidden, position_ids=position_ids, attention_mask=mask,
+                      past_key_values=cache) as tracer:
+            lm.rotary_emb.skip(rotary)  # the clean pass computed every position's rotary embedding
+            for skipped in lm.layers[:layer]:
+                skipped.skip(skipped.input)  # the clean state at layer l is already the input
+            hidden = lm.layers[last].input.save()
+            tracer.stop()
 
-    scored = torch.tensor(clean.scored, device=device)
-    rows_at = torch.stack([torch.searchsorted(k, scored) for k in kept])  # (B, m)
-    picked = final[torch.arange(len(rows), device=device)[:, None], rows_at]  # (B, m, D)
-    return torch.log_softmax(vlm.lm_head(picked).float(), dim=-1)
+    # Last layer: only the scored rows matter downstream; the others just lend keys and values.
+    final_layer = vlm.language_model.layers[last]
+    keys, values = prefix_kv(last)
+    if n > m:
+        k, v = vlm.adapter.key_values(final_layer, hidden[:, : n - m], (rotary[0][:, : n - m], rotary[1][:, : n - m]))
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+    cache = DynamicCache(ddp_cache_data=[(None, None)] * last + [(keys, values)]) if keys.shape[2] else None
+    out = final_layer(hidden[:, n - m:], attention_mask=mask[:, :, n - m:], past_key_values=cache,
+                      position_embeddings=(rotary[0][:, n - m:], rotary[1][:, n - m:]))
+    out = out[0] if isinstance(out, tuple) else out
+    return torch.log_softmax(vlm.lm_head(vlm.language_model.norm(out)).float(), dim=-1)

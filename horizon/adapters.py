@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,25 @@ class Adapter:
 
     def image_token_id(self, model: torch.nn.Module) -> int:
         return int(model.config.image_token_id)
+
+    def key_values(
+        self, layer: torch.nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (after RoPE) and values a decoder layer's attention computes from ``hidden``.
+
+        Lets the engine run the last layer for the scored rows only: the other
+        rows contribute keys and values and nothing else. Written for the
+        Llama-style layer that LLaVA and Qwen-VL share; shapes (B, kv_heads, n, head_dim).
+        """
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        shape = (*x.shape[:-1], -1, attn.head_dim)
+        keys = attn.k_proj(x).view(shape).transpose(1, 2)
+        values = attn.v_proj(x).view(shape).transpose(1, 2)
+        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        cos, sin = position_embeddings
+        _, keys = rope(keys, keys, cos, sin)
+        return keys, values
 
     # -- processing ------------------------------------------------------
     def load_processor(self, source: str, trust_remote_code: bool) -> Any:
