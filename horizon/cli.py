@@ -40,6 +40,37 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_params(args: argparse.Namespace):
+    from .stats import StatsParams
+
+    return StatsParams(threshold=args.threshold, alpha=args.alpha, uniformity_threshold=args.uniformity,
+                       n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .report import analyze, format_table
+
+    result = analyze(args.runs, args.out, metric=args.metric, params=_stats_params(args))
+    print(format_table(result["summary"]))
+    comparisons = result["comparisons"]
+    for row in comparisons.itertuples():
+        a = row.task_a if row.kind == "task" else row.model_a
+        b = row.task_b if row.kind == "task" else row.model_b
+        where = row.model_a if row.kind == "task" else row.task_a
+        print(f"{row.metric} {row.kind}s in {where}: horizon({a}) - horizon({b}) = {row.difference:+.3g} {row.units} "
+              f"[{row.difference_lo:+.3g}, {row.difference_hi:+.3g}], permutation p = {row.p_value:.3g}")
+    print(f"wrote summary.json, summary.csv, curves.csv, comparisons.csv and {len(result['figures'])} figure files to {args.out}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .report import analyze
+
+    result = analyze(args.runs, args.out, metric=args.metric, params=_stats_params(args), tables=False)
+    print(f"wrote {len(result['figures'])} figure files to {args.out}")
+    return 0
+
+
 def _log_to(run_dir: Path | None) -> None:
     if run_dir is None:
         return
@@ -98,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_scan)
 
+    for name, func, text in (("analyze", _analyze, "horizon, uniformity and comparisons: tables and figures"),
+                             ("plot", _plot, "figures only")):
+        a = sub.add_parser(name, help=text)
+        a.add_argument("runs", nargs="+", help="run directories (DESIGN §3), any number of models and tasks")
+        a.add_argument("--out", required=True, help="output directory")
+        a.add_argument("--metric", default=None, help="analyse one metric only (default: every metric present)")
+        a.add_argument("--threshold", type=float, default=0.05, help="vanishing threshold, fraction of the curve max")
+        a.add_argument("--alpha", type=float, default=0.05, help="Holm-corrected one-sided test level")
+        a.add_argument("--uniformity", type=float, default=0.9, help="uniformity level for the onset")
+        a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+        a.add_argument("--n-perm", type=int, default=1000, help="permutations for comparison p-values")
+        a.add_argument("--seed", type=int, default=0)
+        a.set_defaults(func=func)
+
     d = sub.add_parser("demo", help="end to end on the embedded default")
     d.add_argument("--out", default="demo-run", help="folder for the demo's model, data and run (default: demo-run)")
     d.add_argument("--limit", type=int, default=4, help="samples to scan")
@@ -107,8 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="horizon: %(message)s",
-                        stream=sys.stderr)
+    # Configure horizon's own logger only: other libraries (fontTools via
+    # matplotlib's PDF backend, ...) keep their quiet defaults.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("horizon: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    log.propagate = False
     import transformers
 
     transformers.logging.set_verbosity_error()
