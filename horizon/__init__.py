@@ -13,8 +13,10 @@ from .model import VisionLM, load  # noqa: E402
 from .scan import ScanConfig, ScanResult, scan  # noqa: E402
 from .data import Sample, read_jsonl  # noqa: E402
 from .store import read_run  # noqa: E402
+from .stats import StatsParams  # noqa: E402
+from .report import analyze  # noqa: E402
 
 __all__ = [
     "HorizonError", "SampleError", "VisionLM", "load", "ScanConfig", "ScanResult", "scan",
-    "Sample", "read_jsonl", "read_run", "__version__",
+    "Sample", "read_jsonl", "read_run", "StatsParams", "analyze", "__version__",
 ]
