@@ -90,7 +90,7 @@ def test_resume_with_changed_config_is_refused(checkpoints, dataset, tmp_path, c
     assert main(scan_args(checkpoints["llava"], data, out)) == 0
     capsys.readouterr()
     assert main(scan_args(checkpoints["llava"], data, out, "--group", "1", "--resume")) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("horizon: error")]
     assert len(err) == 1 and "cannot resume" in err[0] and "group: 2 -> 1" in err[0]
     assert main(scan_args(checkpoints["llava"], data, out)) == 2  # exists, no --resume
     assert "--resume" in capsys.readouterr().err

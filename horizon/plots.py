@@ -1,0 +1,673 @@
+"""Publication figures: tidy frames in, PNG + PDF files out.
+
+Inputs are the long-form frames of :mod:`horizon.stats` (``curves``: one row
+per model, task, metric, layer; ``summary``: one row per model, task, metric)
+and, for the per-sample figures, a run's raw ``scores``, ``groups`` and
+``samples`` tables (DESIGN §3).
+
+Every figure is written twice, ``NAME.png`` (raster, at the figure's dpi) and
+``NAME.pdf`` (vector, fonts embedded as TrueType), by :func:`save`. Figures
+have a fixed size and are saved without ``bbox_inches="tight"``, so a PNG is
+exactly ``width_in * dpi`` by ``height_in * dpi`` pixels; constrained layout
+keeps labels and the legend (placed outside the axes) inside that canvas.
+
+Sizes at dpi 150 (``n_models`` panels, ``n`` heatmap layers):
+
+=====================  ===========================================  ==================
+figure                 inches                                       pixels
+=====================  ===========================================  ==================
+info curve, uniformity (6.4 + 3.6 * (n_models - 1)) x 4.0            960 x 600 for 1,
+                                                                    1500 x 600 for 2
+horizons               10.0 x 4.0 (two panels)                      1500 x 600
+capacity               6.4 x 4.0                                    960 x 600
+token heatmaps         (3.0 * min(n, 4) + 1.0) x (3.0 * rows + 0.7)  1950 x 555 for 4
+layer x group heatmap  6.4 x 4.0                                    960 x 600
+=====================  ===========================================  ==================
+
+Nothing here touches global matplotlib/seaborn state: styles are applied with
+``sns.axes_style``/``plt.rc_context`` inside each function and every figure is
+closed after saving. No function calls ``plt.show``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import textwrap
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+DPI = 150
+FIGSIZE = (6.4, 4.0)
+PALETTE = "colorblind"
+CMAP = "viridis"
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">")
+
+# Axis labels for the metrics of DESIGN §2 (anything else falls back to its name).
+INFO_LABELS = {
+    "kl": "information (KL, nats)",
+    "dlogp": "information (Δ log p, nats)",
+    "dprob": "information (Δ p)",
+    "gain_logp": "information gain (log p, nats)",
+    "gain_prob": "information gain (p)",
+}
+SHORT_LABELS = {
+    "kl": "KL (nats)",
+    "dlogp": "Δ log p (nats)",
+    "dprob": "Δ p",
+    "gain_logp": "gain in log p (nats)",
+    "gain_prob": "gain in p",
+}
+
+_RC = {
+    "pdf.fonttype": 42,  # editable TrueType text in the PDF
+    "ps.fonttype": 42,
+    "savefig.dpi": DPI,
+    "figure.dpi": DPI,
+    "legend.frameon": False,
+}
+
+__all__ = [
+    "info_label",
+    "make_figures",
+    "plot_capacity",
+    "plot_horizons",
+    "plot_info_curves",
+    "plot_layer_group_heatmap",
+    "plot_token_heatmaps",
+    "plot_uniformity",
+    "save",
+    "spread_layers",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    """Local seaborn style and rc settings; restores everything on exit."""
+    with plt.rc_context(_RC), sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.15):
+        yield
+
+
+def _slug(text: Any) -> str:
+    """A file-name-safe version of a model / sample / metric name."""
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_.")
+    return slug or "x"
+
+
+def info_label(metric: str) -> str:
+    """The y-axis label for the information in `metric`'s units."""
+    return INFO_LABELS.get(metric, f"information ({metric})")
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    """Write ``out_dir/name.png`` and ``out_dir/name.pdf``; return both paths.
+
+    The figure is saved at its own size and dpi (no tight bbox), so the PNG is
+    exactly figsize x dpi pixels. The figure is not closed here.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    with plt.rc_context(_RC):
+        for path in paths:
+            fig.savefig(path, dpi=fig.dpi)
+    return paths
+
+
+def _select(frame: pd.DataFrame, metric: str, what: str) -> pd.DataFrame:
+    if frame is None or len(frame) == 0:
+        raise ValueError(f"{what} frame is empty")
+    if "metric" not in frame.columns:
+        raise ValueError(f"{what} frame has no 'metric' column")
+    sel = frame[frame["metric"] == metric]
+    if sel.empty:
+        have = ", ".join(sorted(map(str, frame["metric"].unique())))
+        raise ValueError(f"no rows for metric {metric!r} in {what} (metrics present: {have})")
+    return sel
+
+
+def _markers_for(summary: pd.DataFrame | None, metric: str) -> pd.DataFrame | None:
+    """The summary rows of `metric` for marking horizons on curves; None (no marks) when there are none."""
+    if summary is None or len(summary) == 0 or "metric" not in summary.columns:
+        return None
+    sel = summary[summary["metric"] == metric]
+    return None if sel.empty else sel
+
+
+def _order(values: Iterable[Any]) -> list[Any]:
+    """Unique values in first-appearance order (models and tasks keep the input order)."""
+    return list(dict.fromkeys(values))
+
+
+def _colors(keys: Sequence[Any]) -> dict[Any, tuple]:
+    pal = sns.color_palette(PALETTE, max(len(keys), 1))
+    return {k: pal[i % len(pal)] for i, k in enumerate(keys)}
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _wrap(text: str, width_in: float, size_key: str) -> str:
+    """Break `text` into lines that fit `width_in` inches at the current rc font size `size_key`."""
+    size = FontProperties(size=plt.rcParams[size_key]).get_size_in_points()
+    chars = max(int(width_in * 72 / (0.6 * size)), 16)
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    fig.suptitle(_wrap(text, 0.95 * fig.get_figwidth(), "figure.titlesize"))
+
+
+def _title(ax, text: str) -> None:
+    """Axes title wrapped to the axes' width."""
+    ax.set_title(_wrap(text, ax.get_position().width * ax.figure.get_figwidth(), "axes.titlesize"))
+
+
+def _legend(fig: Figure, handles: list, title: str | None = None) -> None:
+    """One figure legend outside the axes (right, centred), so it never covers data."""
+    if handles:
+        fig.legend(handles=handles, loc="outside right center", title=title, fontsize="small",
+                   title_fontsize="small")
+
+
+def _panels(n: int, height: float = 4.0) -> tuple[Figure, np.ndarray]:
+    width = FIGSIZE[0] + 3.6 * (n - 1)
+    fig, axes = plt.subplots(1, n, figsize=(width, height), dpi=DPI, layout="constrained", squeeze=False)
+    return fig, axes[0]
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def plot_info_curves(curves: pd.DataFrame, summary: pd.DataFrame | None, metric: str, out_dir: Path,
+                     log: bool = False) -> list[Path]:
+    """Information per layer: one panel per model, one line per task with its CI band.
+
+    Each task's horizon is a dashed vertical line in the task's colour and its
+    vanishing threshold a dotted horizontal line. ``log=True`` uses a symlog y
+    axis (linear within 1e-3 x the panel's maximum, so zeros and negative
+    values are drawn). Writes ``info_curve_{metric}`` or ``info_curve_log_{metric}``.
+    """
+    c = _select(curves, metric, "curves")
+    s = _markers_for(summary, metric)
+    models, tasks = _order(c["model"]), _order(c["task"])
+    colors = _colors(tasks)
+    with _style():
+        fig, axes = _panels(len(models))
+        try:
+            any_h = any_t = False
+            for ax, model in zip(axes, models):
+                cm = c[c["model"] == model]
+                for task in tasks:
+                    ct = cm[cm["task"] == task].sort_values("layer")
+                    if ct.empty:
+                        continue
+                    col = colors[task]
+                    ax.plot(ct["layer"], ct["mean_info"], color=col, lw=1.8, marker="o", ms=2.5, label=task)
+                    if {"mean_info_lo", "mean_info_hi"} <= set(ct.columns):
+                        ax.fill_between(ct["layer"], ct["mean_info_lo"], ct["mean_info_hi"], color=col,
+                                        alpha=0.22, lw=0)
+                    row = _summary_row(s, model, task)
+                    if row is not None and _finite(row.get("horizon")):
+                        ax.axvline(float(row["horizon"]), color=col, ls="--", lw=1.3)
+                        any_h = True
+                    if row is not None and _finite(row.get("threshold_value")):
+                        ax.axhline(float(row["threshold_value"]), color=col, ls=":", lw=1.2)
+                        any_t = True
+                ax.axhline(0.0, color="0.35", lw=0.6, zorder=0)
+                if log:
+                    ax.set_yscale("symlog", linthresh=_linthresh(cm))
+                ax.set_xlabel("decoder layer")
+                ax.set_ylabel(info_label(metric))
+                _title(ax, _model_title(model, cm))
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.margins(x=0.02)
+            handles = [Line2D([], [], color=colors[t], lw=1.8, label=str(t)) for t in tasks]
+            if any_h:
+                handles.append(Line2D([], [], color="0.3", ls="--", lw=1.3, label="horizon"))
+            if any_t:
+                handles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label=_threshold_label(s)))
+            _legend(fig, handles, title="task")
+            scale = " (symlog scale)" if log else ""
+            _suptitle(fig, f"Information per decoder layer — {metric}{scale}\nmean over windows and samples; bands: 95% CI")
+            name = f"info_curve_log_{_slug(metric)}" if log else f"info_curve_{_slug(metric)}"
+            return save(fig, out_dir, name)
+        finally:
+            plt.close(fig)
+
+
+def plot_uniformity(curves: pd.DataFrame, summary: pd.DataFrame | None, metric: str, out_dir: Path) -> list[Path]:
+    """Uniformity (1 - Gini over windows) per layer: one panel per model, line per task with CI.
+
+    Uniformity onset is a dash-dot vertical line, the horizon a dashed one, in
+    the task's colour. Writes ``uniformity_{metric}``.
+    """
+    c = _select(curves, metric, "curves")
+    s = _markers_for(summary, metric)
+    models, tasks = _order(c["model"]), _order(c["task"])
+    colors = _colors(tasks)
+    with _style():
+        fig, axes = _panels(len(models))
+        try:
+            any_h = any_u = False
+            for ax, model in zip(axes, models):
+                cm = c[c["model"] == model]
+                for task in tasks:
+                    ct = cm[cm["task"] == task].sort_values("layer")
+                    if ct.empty:
+                        continue
+                    col = colors[task]
+                    ax.plot(ct["layer"], ct["uniformity"], color=col, lw=1.8, marker="o", ms=2.5, label=task)
+                    if {"uniformity_lo", "uniformity_hi"} <= set(ct.columns):
+                        ax.fill_between(ct["layer"], ct["uniformity_lo"], ct["uniformity_hi"], color=col,
+                                        alpha=0.22, lw=0)
+                    row = _summary_row(s, model, task)
+                    if row is not None and _finite(row.get("uniformity_onset")):
+                        ax.axvline(float(row["uniformity_onset"]), color=col, ls="-.", lw=1.3)
+                        any_u = True
+                    if row is not None and _finite(row.get("horizon")):
+                        ax.axvline(float(row["horizon"]), color=col, ls="--", lw=1.3)
+                        any_h = True
+                ax.set_ylim(0.0, 1.02)
+                ax.set_xlabel("decoder layer")
+                ax.set_ylabel("uniformity (1 − Gini over windows)")
+                _title(ax, _model_title(model, cm))
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.margins(x=0.02)
+            handles = [Line2D([], [], color=colors[t], lw=1.8, label=str(t)) for t in tasks]
+            if any_u:
+                handles.append(Line2D([], [], color="0.3", ls="-.", lw=1.3, label="uniformity onset"))
+            if any_h:
+                handles.append(Line2D([], [], color="0.3", ls="--", lw=1.3, label="horizon"))
+            _legend(fig, handles, title="task")
+            _suptitle(fig, f"Uniformity of information over the image — {metric}\nbands: 95% CI")
+            return save(fig, out_dir, f"uniformity_{_slug(metric)}")
+        finally:
+            plt.close(fig)
+
+
+def _summary_row(s: pd.DataFrame | None, model: Any, task: Any) -> dict | None:
+    if s is None:
+        return None
+    rows = s[(s["model"] == model) & (s["task"] == task)]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def _model_title(model: Any, cm: pd.DataFrame) -> str:
+    if "n_layers" in cm.columns and cm["n_layers"].notna().any():
+        return f"{model} (L = {int(cm['n_layers'].dropna().iloc[0])})"
+    return str(model)
+
+
+def _threshold_label(s: pd.DataFrame | None) -> str:
+    if s is not None and "threshold" in s.columns:
+        fr = s["threshold"].dropna().unique()
+        if len(fr) == 1:
+            return f"threshold ({float(fr[0]):.0%} of max)"
+    return "vanishing threshold"
+
+
+def _linthresh(cm: pd.DataFrame) -> float:
+    cols = [col for col in ("mean_info", "mean_info_lo", "mean_info_hi") if col in cm.columns]
+    vals = np.abs(cm[cols].to_numpy(dtype=float))
+    vals = vals[np.isfinite(vals)]
+    peak = float(vals.max()) if vals.size else 0.0
+    return 1e-3 * peak if peak > 0 else 1.0
+
+
+# --------------------------------------------------------------------------- horizons
+
+
+def _dodge(i: int, n: int, width: float = 0.6) -> float:
+    return 0.0 if n <= 1 else (i - (n - 1) / 2) * width / (n - 1)
+
+
+def _point_ci(ax, x: float, y: Any, lo: Any, hi: Any, color, marker: str, nan_y: float) -> bool:
+    """Point with its CI; a NaN point is drawn hollow at `nan_y`. Returns True if it was NaN."""
+    if not _finite(y):
+        ax.plot([x], [nan_y], marker=marker, ms=7, mfc="white", mec=color, mew=1.6, ls="none", zorder=3)
+        return True
+    if _finite(lo) and _finite(hi):
+        ax.vlines(x, float(lo), float(hi), color=color, lw=1.6, zorder=2)
+        ax.plot([x, x], [float(lo), float(hi)], marker="_", ms=8, mew=1.6, color=color, ls="none", zorder=2)
+    ax.plot([x], [float(y)], marker=marker, ms=7, color=color, mec="white", mew=0.6, ls="none", zorder=3)
+    return False
+
+
+def _no_horizon_band(ax, top: float, any_nan: bool, relative: bool) -> float:
+    """y-limits and ticks; with missing horizons, a shaded band above `top` labelled 'no horizon'.
+
+    Returns the y at which missing horizons are drawn.
+    """
+    nan_y = top * 1.14
+    if relative:
+        ticks = [0.0, 0.25, 0.5, 0.75, 1.0]
+        labels = ["0", "0.25", "0.5", "0.75", "1"]
+    else:
+        ticks = [t for t in MaxNLocator(integer=True, nbins=6).tick_values(0, top) if 0 <= t <= top]
+        labels = [f"{t:g}" for t in ticks]
+    if any_nan:
+        ax.axhspan(top * 1.05, top * 1.23, color="0.92", zorder=0, lw=0)
+        ticks, labels = ticks + [nan_y], labels + ["no\nhorizon"]
+        ax.set_ylim(0, top * 1.23)
+    else:
+        ax.set_ylim(0, top * 1.05)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels)
+    return nan_y
+
+
+def plot_horizons(summary: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]:
+    """Horizon per task (point + CI), one colour per model; left: layer, right: relative depth.
+
+    A missing horizon (NaN) is a hollow marker in a shaded band labelled
+    'no horizon'. Writes ``horizons_{metric}``.
+    """
+    s = _select(summary, metric, "summary")
+    models, tasks = _order(s["model"]), _order(s["task"])
+    colors = _colors(models)
+    depth = float(s["n_layers"].max()) if "n_layers" in s.columns and s["n_layers"].notna().any() else float(
+        np.nanmax(s[["horizon", "horizon_hi"]].to_numpy(dtype=float), initial=1.0))
+    with _style():
+        fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=DPI, layout="constrained")
+        try:
+            for ax, col, top, relative in ((ax_abs, "horizon", depth, False),
+                                           (ax_rel, "relative_horizon", 1.0, True)):
+                any_nan = bool(s[col].isna().any())
+                nan_y = _no_horizon_band(ax, top, any_nan, relative)
+                for i, model in enumerate(models):
+                    sm = s[s["model"] == model]
+                    for j, task in enumerate(tasks):
+                        st = sm[sm["task"] == task]
+                        if st.empty:
+                            continue
+                        r = st.iloc[0]
+                        _point_ci(ax, j + _dodge(i, len(models)), r[col], r.get(f"{col}_lo"), r.get(f"{col}_hi"),
+                                  colors[model], "o", nan_y)
+                    if not relative and "n_layers" in sm.columns and sm["n_layers"].notna().any():
+                        ax.axhline(float(sm["n_layers"].dropna().iloc[0]), color=colors[model], ls=":", lw=1.0)
+                ax.set_xticks(range(len(tasks)))
+                ax.set_xticklabels([str(t) for t in tasks])
+                ax.set_xlim(-0.6, len(tasks) - 0.4)
+                ax.set_xlabel("task")
+                ax.grid(axis="x", visible=False)
+            ax_abs.set_ylabel("horizon (decoder layer)")
+            ax_abs.set_title("information horizon (dotted: model depth L)")
+            ax_rel.set_ylabel("relative horizon (layer / L)")
+            ax_rel.set_title("relative horizon")
+            handles = [Line2D([], [], color=colors[m], marker="o", ls="none", ms=7, label=str(m)) for m in models]
+            _legend(fig, handles, title="model")
+            _suptitle(fig, f"Information horizon per task — {metric}, 95% CI")
+            return save(fig, out_dir, f"horizons_{_slug(metric)}")
+        finally:
+            plt.close(fig)
+
+
+def plot_capacity(summary: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]:
+    """Relative horizon per model (point + CI), one marker and colour per task.
+
+    The 'capacity' comparison: a deeper relative horizon means the model keeps
+    using visual tokens deeper. Writes ``capacity_{metric}``.
+    """
+    s = _select(summary, metric, "summary")
+    models, tasks = _order(s["model"]), _order(s["task"])
+    colors = _colors(tasks)
+    markers = {t: MARKERS[j % len(MARKERS)] for j, t in enumerate(tasks)}
+    with _style():
+        fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+        try:
+            nan_y = _no_horizon_band(ax, 1.0, bool(s["relative_horizon"].isna().any()), relative=True)
+            for i, model in enumerate(models):
+                sm = s[s["model"] == model]
+                for j, task in enumerate(tasks):
+                    st = sm[sm["task"] == task]
+                    if st.empty:
+                        continue
+                    r = st.iloc[0]
+                    _point_ci(ax, i + _dodge(j, len(tasks)), r["relative_horizon"], r.get("relative_horizon_lo"),
+                              r.get("relative_horizon_hi"), colors[task], markers[task], nan_y)
+            ax.set_xticks(range(len(models)))
+            long = max((len(str(m)) for m in models), default=0) > 14
+            ax.set_xticklabels([str(m) for m in models], rotation=20 if long else 0, ha="right" if long else "center")
+            ax.set_xlim(-0.6, len(models) - 0.4)
+            ax.grid(axis="x", visible=False)
+            ax.set_xlabel("model")
+            ax.set_ylabel("relative horizon (layer / L)")
+            handles = [Line2D([], [], color=colors[t], marker=markers[t], ls="none", ms=7, label=str(t)) for t in tasks]
+            _legend(fig, handles, title="task")
+            _title(ax, f"Capacity: how deep each model uses visual tokens — {metric}, 95% CI")
+            return save(fig, out_dir, f"capacity_{_slug(metric)}")
+        finally:
+            plt.close(fig)
+
+
+# --------------------------------------------------------------------------- per-sample heatmaps
+
+
+def _sample_scores(scores: pd.DataFrame, sample_id: Any, metric: str) -> pd.DataFrame:
+    sel = scores[(scores["sample_id"] == sample_id) & (scores["metric"] == metric)]
+    if sel.empty:
+        raise ValueError(f"no {metric!r} scores for sample {sample_id!r}")
+    return sel
+
+
+def _window_grid(values: pd.Series, groups: pd.DataFrame, grid_h: int, grid_w: int, k: int) -> np.ndarray:
+    """Paint each window's value over its k x k cells (clipped at the grid edge); uncovered cells are NaN."""
+    grid = np.full((grid_h, grid_w), np.nan)
+    for g, r, c in zip(groups["group"], groups["row"], groups["col"]):
+        if g in values.index:
+            grid[int(r):int(r) + k, int(c):int(c) + k] = values[g]
+    return grid
+
+
+def _load_image(path: Any, image_root: Path | None):
+    """The sample's image as an RGB array, or None when it is missing or unreadable."""
+    if path is None or (isinstance(path, float) and math.isnan(path)) or str(path) == "":
+        return None
+    from PIL import Image
+
+    p = Path(str(path))
+    candidates = [p] if p.is_absolute() or image_root is None else [p, Path(image_root) / p]
+    for cand in candidates:
+        if cand.is_file():
+            try:
+                with Image.open(cand) as img:
+                    return np.asarray(img.convert("RGB"))
+            except OSError:
+                return None
+    return None
+
+
+def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.DataFrame, sample_id: Any,
+                        layers: Sequence[int], metric: str, group_size: int, out_dir: Path,
+                        model: str | None = None, image_root: Path | None = None) -> list[Path]:
+    """One sample's window scores over its image, one panel per layer (shared colour scale).
+
+    Each window's score fills its k x k cells of the grid_h x grid_w token grid,
+    drawn with alpha 0.6 over the image stretched to the same extent. When the
+    image is missing the heatmap is drawn alone and the title says so.
+    A relative image path is tried as is and under `image_root`.
+    Writes ``token_heatmap_{metric}_{model}_{sample}`` (``_{model}`` only if given).
+    """
+    sc = _sample_scores(scores, sample_id, metric)
+    srow = samples[samples["sample_id"] == sample_id]
+    if srow.empty:
+        raise ValueError(f"sample {sample_id!r} is not in the samples table")
+    srow = srow.iloc[0]
+    grid_h, grid_w, k = int(srow["grid_h"]), int(srow["grid_w"]), int(group_size)
+    layers = [int(x) for x in layers]
+    if not layers:
+        raise ValueError("no layers to plot")
+    present = {int(x) for x in sc["layer"].unique()}
+    absent = [x for x in layers if x not in present]
+    if absent:
+        raise ValueError(f"layers {absent} have no {metric!r} scores for sample {sample_id!r} "
+                         f"(layers present: {sorted(present)})")
+    geo = groups[groups["sample_id"] == sample_id]
+    if geo.empty:
+        raise ValueError(f"sample {sample_id!r} has no rows in the groups table")
+    grids = {}
+    for layer in layers:
+        vals = sc[sc["layer"] == layer].groupby("group")["value"].mean()
+        grids[layer] = _window_grid(vals, geo, grid_h, grid_w, k)
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax <= vmin:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    image = _load_image(srow.get("image"), image_root)
+
+    n = len(layers)
+    ncols, nrows = min(n, 4), math.ceil(n / 4)
+    with _style(), sns.axes_style("white"):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 1.0, 3.0 * nrows + 0.7), dpi=DPI,
+                                 layout="constrained", squeeze=False, sharex=True, sharey=True)
+        try:
+            if image is not None:
+                h_px, w_px = image.shape[:2]
+                extent = (0, w_px, h_px, 0)
+                xlabel, ylabel = "image x (px)", "image y (px)"
+            else:
+                extent = (0, grid_w, grid_h, 0)
+                xlabel, ylabel = "token column", "token row"
+            mappable = None
+            for ax, layer in zip(axes.flat, layers):
+                if image is not None:
+                    ax.imshow(image, extent=extent, interpolation="bilinear")
+                mappable = ax.imshow(grids[layer], extent=extent, cmap=CMAP, vmin=vmin, vmax=vmax,
+                                     alpha=0.6 if image is not None else 1.0, interpolation="nearest")
+                ax.set_aspect("equal")  # tokens are square patches
+                ax.set_title(f"layer {layer}")
+                ax.tick_params(labelsize="x-small")
+            for ax in list(axes.flat)[n:]:
+                fig.delaxes(ax)
+            used = list(axes.flat)[:n]
+            for i, ax in enumerate(used):  # axis labels on the outer panels only
+                if i % ncols == 0:
+                    ax.set_ylabel(ylabel)
+                if i + ncols >= n:
+                    ax.set_xlabel(xlabel)
+                    ax.xaxis.set_tick_params(labelbottom=True)
+                else:
+                    ax.xaxis.set_tick_params(labelbottom=False)
+                if i % ncols:
+                    ax.yaxis.set_tick_params(labelleft=False)
+            fig.colorbar(mappable, ax=used, label=SHORT_LABELS.get(metric, metric), shrink=0.85)
+            task = f", {srow['task']}" if "task" in srow.index and pd.notna(srow["task"]) else ""
+            who = f"{model} — " if model else ""
+            note = "" if image is not None else "\n(image not found: heatmap only)"
+            _suptitle(fig, f"{who}{metric} per {k}×{k} window, sample {sample_id}{task}{note}")
+            name = "_".join(["token_heatmap", _slug(metric)] + ([_slug(model)] if model else []) + [_slug(sample_id)])
+            return save(fig, out_dir, name)
+        finally:
+            plt.close(fig)
+
+
+def plot_layer_group_heatmap(scores: pd.DataFrame, sample_id: Any, metric: str, out_dir: Path,
+                             model: str | None = None) -> list[Path]:
+    """Layer (y, deepest at the top) x window (x) heatmap of one sample's scores.
+
+    Writes ``layer_group_{metric}_{model}_{sample}`` (``_{model}`` only if given).
+    """
+    sc = _sample_scores(scores, sample_id, metric)
+    table = sc.pivot_table(index="layer", columns="group", values="value", aggfunc="mean")
+    table = table.sort_index(ascending=False)
+    with _style(), sns.axes_style("white"):
+        fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+        try:
+            sns.heatmap(table, ax=ax, cmap=CMAP, cbar_kws={"label": SHORT_LABELS.get(metric, metric)},
+                        xticklabels="auto", yticklabels="auto", rasterized=True)
+            ax.set_xlabel("window (row-major index)")
+            ax.set_ylabel("decoder layer")
+            ax.tick_params(labelsize="x-small")
+            ax.tick_params(axis="y", labelrotation=0)
+            who = f"{model} — " if model else ""
+            _title(ax, f"{who}{metric} per layer and window, sample {sample_id}")
+            name = "_".join(["layer_group", _slug(metric)] + ([_slug(model)] if model else []) + [_slug(sample_id)])
+            return save(fig, out_dir, name)
+        finally:
+            plt.close(fig)
+
+
+# --------------------------------------------------------------------------- all at once
+
+
+def spread_layers(layers: Sequence[int], n: int = 4) -> list[int]:
+    """Up to `n` evenly spaced entries of the sorted `layers` (first and last included)."""
+    layers = sorted({int(x) for x in layers})
+    if len(layers) <= n:
+        return layers
+    idx = np.unique(np.round(np.linspace(0, len(layers) - 1, n)).astype(int))
+    return [layers[i] for i in idx]
+
+
+def make_figures(curves: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, metric: str,
+                 runs: list[dict] | None = None, heatmap_layers: Sequence[int] | None = None) -> list[Path]:
+    """Every figure for `metric`; with `runs`, also the per-sample heatmaps of the first run.
+
+    A run dict holds ``scores``, ``groups``, ``samples``, ``config`` (``config["group"]``
+    is the window size) and optionally ``model`` and ``path`` (run directory,
+    used to resolve relative image paths). The heatmaps use the first sample
+    with status 'ok' that has scores for `metric`, at `heatmap_layers` or up to 4
+    evenly spaced layers.
+    """
+    paths: list[Path] = []
+    paths += plot_info_curves(curves, summary, metric, out_dir)
+    paths += plot_info_curves(curves, summary, metric, out_dir, log=True)
+    paths += plot_uniformity(curves, summary, metric, out_dir)
+    paths += plot_horizons(summary, metric, out_dir)
+    paths += plot_capacity(summary, metric, out_dir)
+    if runs:
+        paths += _run_heatmaps(runs[0], metric, out_dir, heatmap_layers)
+    return paths
+
+
+def _run_heatmaps(run: dict, metric: str, out_dir: Path, heatmap_layers: Sequence[int] | None) -> list[Path]:
+    config = run.get("config") or {}
+    scores, groups, samples = run.get("scores"), run.get("groups"), run.get("samples")
+    if scores is None or groups is None or samples is None or scores.empty:
+        warnings.warn("first run has no scores/groups/samples: no per-sample heatmaps", stacklevel=3)
+        return []
+    model = run.get("model") or config.get("model") or "run"
+    k = int(config.get("group") or 1)
+    ok = samples if "status" not in samples.columns else samples[samples["status"] == "ok"]
+    have = set(scores.loc[scores["metric"] == metric, "sample_id"].unique())
+    candidates = [sid for sid in ok["sample_id"] if sid in have]
+    if not candidates:
+        warnings.warn(f"first run has no sample with status 'ok' and {metric!r} scores: no per-sample heatmaps",
+                      stacklevel=3)
+        return []
+    sid = candidates[0]
+    present = sorted({int(x) for x in scores.loc[(scores["sample_id"] == sid) & (scores["metric"] == metric),
+                                                    "layer"].unique()})
+    layers = spread_layers(present)
+    if heatmap_layers is not None:
+        wanted = [int(x) for x in heatmap_layers]
+        kept = [x for x in wanted if x in present]
+        if len(kept) < len(wanted):
+            warnings.warn(f"layers {sorted(set(wanted) - set(kept))} were not scanned; plotting {kept or layers}",
+                          stacklevel=3)
+        layers = kept or layers
+    root = run.get("path")
+    paths = plot_token_heatmaps(scores, groups, samples, sid, layers, metric, k, out_dir, model=model,
+                                image_root=Path(root) if root else None)
+    paths += plot_layer_group_heatmap(scores, sid, metric, out_dir, model=model)
+    return paths
