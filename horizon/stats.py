@@ -244,8 +244,15 @@ def estimate(
     info: np.ndarray, uniformity: np.ndarray, layers: np.ndarray, n_layers: int, params: StatsParams,
     rng: np.random.Generator,
 ) -> CurveEstimate:
-    """Horizon and uniformity onset of one (samples x layers) matrix, with bootstrap CIs."""
+    """Horizon and uniformity onset of one (samples x layers) matrix, with bootstrap CIs.
+
+    With fewer than two samples nothing can be tested: horizon and onset are None.
+    """
     n = info.shape[0]
+    if n < 2:
+        nan2 = (math.nan, math.nan)
+        value = float(params.threshold * max(np.nanmax(info), 0.0)) if info.size else math.nan
+        return CurveEstimate(None, nan2, None, nan2, value, np.full(params.n_boot, math.nan))
     mean, sq = np.nanmean(info, 0), np.nanmean(info**2, 0)
     sig = _significant(mean[None], sq[None], n, params.threshold, params.alpha)[0]
     h_idx = int(_horizon_index(sig[None])[0])

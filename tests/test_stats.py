@@ -45,6 +45,11 @@ def test_a_curve_that_never_vanishes_has_no_horizon(shape):
     assert math.isnan(row.relative_horizon) and math.isnan(row.horizon_lo)
 
 
+def test_a_single_sample_supports_no_horizon():
+    row = summary_of(synthetic_scores(n_samples=1))
+    assert row.n_samples == 1 and row.horizon is None and row.uniformity_onset is None
+
+
 def test_uniformity_and_concentration_measures():
     base = dict(model="m", task="t", metric="kl", sample_id="s", layer=0, n_layers=1)
     equal = pd.DataFrame([{**base, "group": g, "value": 0.3} for g in range(100)])
