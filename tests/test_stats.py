@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -141,3 +142,28 @@ def test_missing_columns_get_a_one_line_error(tmp_path, capsys):
     assert main(["analyze", str(run), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing required column(s) metric, value" in err[0] and "scores" in err[0]
+
+
+def test_plot_command_and_analysis_scripts_write_figures_only(tmp_path, capsys):
+    import runpy
+    import sys
+
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+    run = write_run(tmp_path / "run", [synthetic_scores(task="ocr", horizon=5, n_layers=8, n_samples=6, seed=1)],
+                    "org/model", 8, image=image)
+    assert main(["plot", str(run), "--out", str(tmp_path / "plots"), "--n-boot", "100", "--n-perm", "100"]) == 0
+    written = {p.name for p in (tmp_path / "plots").rglob("*") if p.is_file()}
+    assert "summary.json" not in written and "info_curve_kl.png" in written and "uniformity_kl.pdf" in written
+
+    root = Path(__file__).parents[1] / "analysis"
+    for script, args in (("figure_info_curves.py", [str(run), "--out", str(tmp_path / "a"), "--metric", "kl"]),
+                         ("figure_heatmaps.py", [str(run), "--out", str(tmp_path / "b"), "--layers", "0,4"])):
+        argv = sys.argv
+        sys.argv = [script, *args]
+        try:
+            runpy.run_path(str(root / script), run_name="__main__")
+        finally:
+            sys.argv = argv
+    assert (tmp_path / "a" / "info_curve_kl.png").exists()
+    assert any(p.name.startswith("token_heatmap_kl") for p in (tmp_path / "b").iterdir())
