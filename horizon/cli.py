@@ -71,6 +71,44 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks(args: argparse.Namespace) -> int:
+    from .tasks import TASKS, write_task
+
+    for task in args.tasks or TASKS:
+        if task not in TASKS:
+            raise HorizonError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        path = write_task(task, args.out, n=args.n, seed=args.seed)
+        print(f"wrote {args.n} {task} samples to {path}")
+    return 0
+
+
+def _zoo_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    from .zoo import ZOO, train
+
+    if args.name not in ZOO:
+        raise HorizonError(f"unknown zoo model {args.name!r}; zoo: {', '.join(ZOO)}")
+    spec = ZOO[args.name]
+    if args.seed is not None:
+        spec = replace(spec, seed=args.seed)
+    out = Path(args.out) / spec.name
+    steps = args.steps or spec.steps
+    bar = tqdm(total=steps, desc=f"train {spec.name}", dynamic_ncols=True)
+
+    def progress(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    result = train(spec, out, tasks_dir=args.tasks, steps=steps, progress=progress, eval_limit=args.eval_limit)
+    bar.close()
+    accuracy = ", ".join(f"{t} {a:.1%}" for t, a in result.accuracy.items())
+    print(f"trained {spec.name} in {result.seconds / 60:.1f} min -> {out} ({accuracy})")
+    return 0
+
+
 def _log_to(run_dir: Path | None) -> None:
     if run_dir is None:
         return
@@ -142,6 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--n-perm", type=int, default=1000, help="permutations for comparison p-values")
         a.add_argument("--seed", type=int, default=0)
         a.set_defaults(func=func)
+
+    t = sub.add_parser("tasks", help="write the synthetic task test sets (deterministic)")
+    t.add_argument("tasks", nargs="*", help="tasks to write (default: all)")
+    t.add_argument("--out", default="data/tasks")
+    t.add_argument("--n", type=int, default=300)
+    t.add_argument("--seed", type=int, default=1234)
+    t.set_defaults(func=_tasks)
+
+    z = sub.add_parser("zoo", help="the toy model zoo")
+    zsub = z.add_subparsers(dest="zoo_command", required=True)
+    zt = zsub.add_parser("train", help="train one zoo model from scratch")
+    zt.add_argument("name", help="zoo model name (see horizon/zoo.py)")
+    zt.add_argument("--out", default="data/zoo")
+    zt.add_argument("--tasks", default="data/tasks", help="test sets to evaluate on")
+    zt.add_argument("--steps", type=int, default=None)
+    zt.add_argument("--seed", type=int, default=None)
+    zt.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N samples per task")
+    zt.set_defaults(func=_zoo_train)
 
     d = sub.add_parser("demo", help="end to end on the embedded default")
     d.add_argument("--out", default="demo-run", help="folder for the demo's model, data and run (default: demo-run)")

@@ -60,6 +60,9 @@ class TinySpec:
     vocab: int = 300
     seed: int = 0
     corpus: tuple[str, ...] = tuple(CORPUS)
+    vision_layers: int = 2
+    vision_hidden: int = 32
+    patch: int = 0  # 0: 8 for LLaVA, 14 for Qwen-VL
 
 
 def train_tokenizer(corpus: list[str] | tuple[str, ...], special: list[str], vocab_size: int, bos: str | None):
@@ -108,7 +111,7 @@ def build_llava(spec: TinySpec, out: Path) -> Path:
 
     if spec.grid[0] != spec.grid[1]:
         raise ValueError("LLaVA grids are square")
-    patch = 8
+    patch = spec.patch or 8
     side = spec.grid[0] * patch
     special = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
     tok = PreTrainedTokenizerFast(
@@ -131,7 +134,8 @@ def build_llava(spec: TinySpec, out: Path) -> Path:
         chat_template=LLAVA_TEMPLATE,
     )
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers, num_attention_heads=max(2, spec.vision_hidden // 32),
         image_size=side, patch_size=patch,
     )
     text = LlamaConfig(**_text_config(spec, len(tok)), bos_token_id=tok.bos_token_id,
@@ -168,7 +172,7 @@ def build_qwen(spec: TinySpec, out: Path) -> Path:
         },
         chat_template=QWEN_TEMPLATE,
     )
-    patch, merge = 14, 2
+    patch, merge = spec.patch or 14, 2
     h, w = spec.grid[0] * patch * merge, spec.grid[1] * patch * merge
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=h * w, max_pixels=h * w, patch_size=patch, merge_size=merge, temporal_patch_size=2,
@@ -183,15 +187,16 @@ def build_qwen(spec: TinySpec, out: Path) -> Path:
         "eos_token_id": tok.eos_token_id,
         "pad_token_id": tok.pad_token_id,
     }
-    vision = dict(depth=2, hidden_size=32, num_heads=2, patch_size=patch, spatial_merge_size=merge,
-                  temporal_patch_size=2)
+    vh = spec.vision_hidden
+    vision = dict(depth=spec.vision_layers, hidden_size=vh, num_heads=max(2, vh // 32), patch_size=patch,
+                  spatial_merge_size=merge, temporal_patch_size=2)
     if spec.arch == "qwen2_5_vl":
         cfg_cls, model_cls = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
-        vision |= dict(intermediate_size=64, out_hidden_size=spec.hidden, window_size=4 * patch * merge,
-                       fullatt_block_indexes=[1])
+        vision |= dict(intermediate_size=2 * vh, out_hidden_size=spec.hidden, window_size=4 * patch * merge,
+                       fullatt_block_indexes=[spec.vision_layers - 1])
     else:
         cfg_cls, model_cls = transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration
-        vision |= dict(embed_dim=32, mlp_ratio=2, hidden_size=spec.hidden)
+        vision |= dict(embed_dim=vh, mlp_ratio=2, hidden_size=spec.hidden)
     config = cfg_cls(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
