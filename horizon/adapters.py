@@ -38,6 +38,10 @@ class Adapter:
     def lm_head_path(self) -> str:
         return "lm_head"
 
+    def visual_features_path(self) -> str:
+        """Module whose output is the visual tokens' embeddings as the language model receives them."""
+        raise NotImplementedError
+
     def image_token_id(self, model: torch.nn.Module) -> int:
         return int(model.config.image_token_id)
 
@@ -105,6 +109,9 @@ class LlavaAdapter(Adapter):
     model_types = ("llava",)
     answer_separator = " "
 
+    def visual_features_path(self) -> str:
+        return "model.multi_modal_projector"
+
     def grid_shapes(self, model, inputs, n_tokens):
         cfg = model.config
         if getattr(cfg, "vision_feature_select_strategy", "default") != "default":
@@ -122,6 +129,9 @@ class QwenVLAdapter(Adapter):
     name = "qwen-vl"
     model_types = ("qwen2_5_vl", "qwen2_vl")
     answer_separator = ""
+
+    def visual_features_path(self) -> str:
+        return "model.visual.merger"
 
     def grid_shapes(self, model, inputs, n_tokens):
         merge = model.config.vision_config.spatial_merge_size

@@ -119,22 +119,11 @@ def _log_to(run_dir: Path | None) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Until the toy zoo lands: build a tiny random checkpoint and scan it end to end.
+    from .demo import DemoConfig, run_demo
 
-    Everything goes under ``--out``: ``model/`` and ``data/`` (rebuilt
-    identically each time, seeded) and ``run/`` (resumed when it exists).
-    """
-    from .scan import scan
-    from .tiny import build_tiny, write_tiny_dataset
-
-    out = Path(args.out)
-    print(f"building a tiny random-weight LLaVA-architecture checkpoint in {out / 'model'}")
-    model = build_tiny(out / "model", arch="llava", layers=4, grid=(4, 4))
-    data = write_tiny_dataset(out / "data", n=args.limit)
-    run = out / "run"
-    result = scan(str(model), data, out=run, resume=(run / "run.json").exists(), group=2)
-    print(f"scanned {len(result.samples)} samples x {len(result.config['layers'])} layers; run written to {run}")
-    print("(random weights: the numbers only show the pipeline works; the trained zoo comes in a later release)")
+    run_demo(DemoConfig(out=Path(args.out), runs=Path(args.runs), limit=args.limit, n_boot=args.n_boot,
+                        n_perm=args.n_perm))
+    print(f"figures and summary in {args.out}; runs in {args.runs}")
     return 0
 
 
@@ -200,8 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     zt.set_defaults(func=_zoo_train)
 
     d = sub.add_parser("demo", help="end to end on the embedded default")
-    d.add_argument("--out", default="demo-run", help="folder for the demo's model, data and run (default: demo-run)")
-    d.add_argument("--limit", type=int, default=4, help="samples to scan")
+    d.add_argument("--out", default="figures", help="figures and summary tables (default: figures)")
+    d.add_argument("--runs", default="demo-run", help="scan run directories, resumable (default: demo-run)")
+    d.add_argument("--limit", type=int, default=40, help="samples per task (default: 40)")
+    d.add_argument("--n-boot", type=int, default=1000)
+    d.add_argument("--n-perm", type=int, default=1000)
     d.set_defaults(func=_demo)
     return parser
 

@@ -1,0 +1,139 @@
+"""`horizon demo`: the whole toolkit on the embedded default, end to end.
+
+Scans every zoo model (``data/zoo``) on every synthetic task (``data/tasks``),
+analyses the runs, writes the figures and summary, and answers the paper's two
+questions from the data -- whichever way they come out:
+
+1. Is the visually intensive (OCR-like) task's horizon deeper than the general ones'?
+2. Is the larger model's relative horizon deeper?
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import HorizonError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("figures")  # figures + summary tables
+    runs: Path = Path("demo-run")  # scan run directories (resumable)
+    data: Path = DATA
+    limit: int = 40  # samples per task
+    group: int = 1
+    n_boot: int = 1000
+    n_perm: int = 1000
+
+
+def zoo_models(data: Path) -> list[Path]:
+    models = sorted(p for p in (data / "zoo").glob("*") if (p / "config.json").is_file())
+    if not models:
+        raise HorizonError(f"no zoo models in {data / 'zoo'}; train one with `horizon zoo train NAME`")
+    return models
+
+
+def task_files(data: Path) -> dict[str, Path]:
+    files = {p.parent.name: p for p in sorted((data / "tasks").glob("*/test.jsonl"))}
+    if not files:
+        raise HorizonError(f"no task test sets in {data / 'tasks'}; write them with `horizon tasks`")
+    return files
+
+
+def _verdict(row: pd.Series, what: str) -> str:
+    lo, hi, p = row.difference_lo, row.difference_hi, row.p_value
+    if math.isnan(lo):
+        return f"{what}: undetermined"
+    ci = f"{row.difference:+.2f} {row.units} [{lo:+.2f}, {hi:+.2f}], p = {p:.3f}"
+    if lo > 0 and p < 0.05:
+        return f"{what}: yes, deeper by {ci}"
+    if hi < 0 and p < 0.05:
+        return f"{what}: no, shallower by {ci}"
+    return f"{what}: no clear difference ({ci})"
+
+
+def answers(comparisons: pd.DataFrame, summary: pd.DataFrame, models: list[str], metric: str) -> list[str]:
+    """The two questions, answered per model / task pair from the comparisons table."""
+    lines = []
+    kinds = summary.drop_duplicates("task").set_index("task")
+    intensive = [t for t in kinds.index if t == "ocr"]
+    general = [t for t in kinds.index if t != "ocr"]
+    c = comparisons[comparisons.metric == metric]
+    for model in models:
+        for g in general:
+            for t in intensive:
+                row = c[(c.kind == "task") & (c.model_a == model)
+                        & (((c.task_a == t) & (c.task_b == g)) | ((c.task_a == g) & (c.task_b == t)))]
+                if len(row):
+                    row = row.iloc[0].copy()
+                    if row.task_a != t:  # orient as intensive - general
+                        row.difference, row.difference_lo, row.difference_hi = (
+                            -row.difference, -row.difference_hi, -row.difference_lo)
+                    lines.append(_verdict(row, f"{model}: is the {t} horizon deeper than the {g} horizon"))
+    sizes = sorted(models, key=_size)
+    for task in kinds.index:
+        for small, large in zip(sizes, sizes[1:]):
+            if _family(small) != _family(large):
+                continue
+            row = c[(c.kind == "model") & (c.task_a == task)
+                    & (((c.model_a == large) & (c.model_b == small)) | ((c.model_a == small) & (c.model_b == large)))]
+            if len(row):
+                row = row.iloc[0].copy()
+                if row.model_a != large:
+                    row.difference, row.difference_lo, row.difference_hi = (
+                        -row.difference, -row.difference_hi, -row.difference_lo)
+                lines.append(_verdict(row, f"{task}: is {large}'s relative horizon deeper than {small}'s"))
+    return lines
+
+
+def _family(model: str) -> str:
+    return model.rsplit("-", 1)[0]
+
+
+def _size(model: str) -> tuple[str, int]:
+    return (_family(model), {"s": 0, "m": 1, "l": 2}.get(model.rsplit("-", 1)[-1], 0))
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from .model import load
+    from .report import analyze, format_table
+    from .scan import scan
+    from .stats import StatsParams
+
+    models, tasks = zoo_models(cfg.data), task_files(cfg.data)
+    runs = []
+    for model_dir in models:
+        vlm = load(model_dir, dtype="float32", device="cpu")
+        for task, data in tasks.items():
+            run = cfg.runs / f"{model_dir.name}-{task}"
+            print(f"scan {model_dir.name} on {task} ({cfg.limit} samples) -> {run}")
+            scan(vlm, data, out=run, resume=(run / "run.json").exists(), group=cfg.group, limit=cfg.limit,
+                 max_new_tokens=4)
+            runs.append(run)
+    params = StatsParams(n_boot=cfg.n_boot, n_perm=cfg.n_perm)
+    result = analyze(runs, cfg.out, params=params)
+    summary = result["summary"]
+    names = sorted(summary.model.unique())
+    lines = ["", format_table(summary), ""]
+    accuracy = []
+    for run in runs:
+        samples = pd.read_parquet(run / "samples.parquet")
+        config = json.loads((run / "run.json").read_text())
+        ok = samples[samples.status == "ok"]
+        acc = (ok.clean_pred.str.strip() == ok.answer.str.strip()).mean()
+        accuracy.append(f"{Path(config['model']).name}/{ok.task.iloc[0]} {acc:.0%}")
+    lines.append("accuracy on the scanned samples (greedy, exact match): " + ", ".join(accuracy))
+    for metric in sorted(summary.metric.unique()):
+        lines.append(f"\n{metric}:")
+        lines += ["  " + a for a in answers(result["comparisons"], summary, names, metric)]
+    text = "\n".join(lines)
+    print(text)
+    (cfg.out / "demo.txt").write_text(text.lstrip() + "\n")
+    return result
