@@ -55,7 +55,7 @@ class ZooSpec:
     seed: int = 0
     tasks: tuple[str, ...] = TASKS
     ocr_share: float = 0.5  # fraction of each batch that asks for the code (the slow task to learn)
-    aux_weight: float = 1.0  # auxiliary per-cell glyph loss on the visual features (0: off)
+    aux_weight: float = 0.5  # auxiliary per-cell content loss on the visual features (0: off)
 
     def tiny_spec(self) -> TinySpec:
         qwen = self.arch.startswith("qwen")
@@ -86,6 +86,22 @@ class TrainResult:
     seconds: float = 0.0
 
 
+AUX_CLASSES = 10 + len(COLOURS) + 1  # digit | shape colour | background
+
+
+def cell_labels(scene, image, grid: int, cell: int) -> np.ndarray:
+    """What each cell shows: its glyph (0-9), else the colour at its centre (10..), else background."""
+    pixels = np.asarray(image)
+    palette = {rgb: 10 + i for i, rgb in enumerate(COLOURS.values())}
+    half = cell // 2
+    label = np.array([[palette.get(tuple(int(v) for v in pixels[r * cell + half, c * cell + half]), AUX_CLASSES - 1)
+                       for c in range(grid)] for r in range(grid)])
+    r, c = scene.code_cell
+    for i, digit in enumerate(scene.code):
+        label[r, c + i] = int(digit)
+    return label.reshape(-1)
+
+
 def _batch(vlm, rng: np.random.Generator, spec: ZooSpec, tasks: Sequence[str]):
     """A training batch: prompts + answers, labels on the answer tokens (and end of turn)."""
     from .scan import _answer_ids
@@ -99,12 +115,10 @@ def _batch(vlm, rng: np.random.Generator, spec: ZooSpec, tasks: Sequence[str]):
         ocr = "ocr" in tasks and rng.random() < spec.ocr_share
         task = "ocr" if ocr else others[int(rng.integers(len(others)))]
         scene = random_scene(rng, spec.image_size, spec.patch)
-        label = np.full((spec.grid, spec.grid), 10)  # 10 = no glyph in this cell
-        r, c = scene.code_cell
-        label[r, c], label[r, c + 1] = int(scene.code[0]), int(scene.code[1])
-        cells.append(label.reshape(-1))
+        image = draw(scene, spec.image_size, spec.patch)
+        cells.append(cell_labels(scene, image, spec.grid, spec.patch))
         prompt = vlm.adapter.prompt(vlm.processor, QUESTIONS[task])
-        enc = vlm.adapter.encode(vlm.processor, [draw(scene, spec.image_size, spec.patch)], prompt)
+        enc = vlm.adapter.encode(vlm.processor, [image], prompt)
 
         class _S:  # the minimal sample interface _answer_ids needs
             id, answer = "train", scene.answer(task)
@@ -162,7 +176,7 @@ def train(spec: ZooSpec, out: str | Path, *, tasks_dir: str | Path | None = None
     model = vlm.hf
     model.train()
     # Auxiliary head (training only, not saved): read each cell's glyph off its visual token.
-    aux_head = torch.nn.Linear(spec.hidden, 11)
+    aux_head = torch.nn.Linear(spec.hidden, AUX_CLASSES)
     features: list[torch.Tensor] = []
     projector = vlm._get(model, vlm.adapter.visual_features_path())
     hook = projector.register_forward_hook(lambda m, i, o: features.append(o[0] if isinstance(o, tuple) else o))
@@ -225,7 +239,7 @@ knows nothing but these tasks.
 | vision tower | {spec.vision_layers} layers, hidden {spec.vision_hidden} |
 | visual tokens | {spec.grid} x {spec.grid} grid, {spec.image_size} px images |
 | training | {steps} steps, batch {spec.batch} ({spec.ocr_share:.0%} code questions), AdamW lr {spec.lr} (warmup {spec.warmup}, cosine), weight decay {spec.weight_decay}, seed {spec.seed} |
-| auxiliary objective | a linear head (discarded after training) reads each cell's glyph (digit or none) off the visual tokens the language model receives, weight {spec.aux_weight} |
+| auxiliary objective | a linear head (discarded after training) reads what each cell shows (its digit, the shape's colour, or background) off the visual tokens the language model receives, weight {spec.aux_weight} |
 | training time | {result.seconds / 60:.1f} min on 2 CPU cores |
 
 Held-out accuracy (greedy answer, exact match, the shipped test sets in
