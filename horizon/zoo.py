@@ -104,6 +104,7 @@ def cell_labels(scene, image, grid: int, cell: int) -> np.ndarray:
 
 def _batch(vlm, rng: np.random.Generator, spec: ZooSpec, tasks: Sequence[str]):
     """A training batch: prompts + answers, labels on the answer tokens (and end of turn)."""
+    from .data import Sample
     from .scan import _answer_ids
 
     tok = vlm.tokenizer
@@ -119,11 +120,8 @@ def _batch(vlm, rng: np.random.Generator, spec: ZooSpec, tasks: Sequence[str]):
         cells.append(cell_labels(scene, image, spec.grid, spec.patch))
         prompt = vlm.adapter.prompt(vlm.processor, QUESTIONS[task])
         enc = vlm.adapter.encode(vlm.processor, [image], prompt)
-
-        class _S:  # the minimal sample interface _answer_ids needs
-            id, answer = "train", scene.answer(task)
-
-        answer = _answer_ids(vlm, _S, prompt) + [eos]
+        sample = Sample("train", Path(), QUESTIONS[task], [scene.answer(task)], task)
+        answer = _answer_ids(vlm, sample, prompt) + [eos]
         rows.append((enc, answer))
     width = max(r[0]["input_ids"].shape[1] + len(r[1]) for r in rows)
     pad = tok.pad_token_id
