@@ -101,6 +101,22 @@ def _size(model: str) -> tuple[str, int]:
     return (_family(model), {"s": 0, "m": 1, "l": 2}.get(model.rsplit("-", 1)[-1], 0))
 
 
+def _ocr_heatmaps(runs: list[Path], out: Path) -> None:
+    """Where the code's information sits, layer by layer, for the deepest model's first OCR sample."""
+    from .plots import plot_layer_group_heatmap, plot_token_heatmaps, spread_layers
+    from .stats import load_runs
+
+    ocr = [r for r in load_runs([r for r in runs if r.name.endswith("-ocr")])]
+    if not ocr:
+        return
+    run = max(ocr, key=lambda r: r["n_layers"])
+    sample = run["samples"][run["samples"].status == "ok"].sample_id.iloc[0]
+    layers = spread_layers(sorted(run["scores"].layer.unique()), 4)
+    plot_token_heatmaps(run["scores"], run["groups"], run["samples"], sample, layers, "kl",
+                        int(run["config"]["group"]), out, model=run["model"], image_root=run["path"])
+    plot_layer_group_heatmap(run["scores"], sample, "kl", out, model=run["model"])
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from .model import load
     from .report import analyze, format_table
@@ -118,7 +134,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                  max_new_tokens=4)
             runs.append(run)
     params = StatsParams(n_boot=cfg.n_boot, n_perm=cfg.n_perm)
-    result = analyze(runs, cfg.out, params=params)
+    result = analyze(runs, cfg.out, params=params, figures_dir=cfg.out)
+    _ocr_heatmaps(runs, cfg.out)
     summary = result["summary"]
     names = sorted(summary.model.unique())
     lines = ["", format_table(summary), ""]

@@ -55,8 +55,10 @@ def format_table(summary: pd.DataFrame) -> str:
 
 
 def analyze(runs: Sequence[str | Path], out: str | Path, *, metric: str | None = None,
-            params: StatsParams | None = None, tables: bool = True, figures: bool = True) -> dict[str, Any]:
-    """Analyse run directories; write summary/curves/comparisons (``tables``) and figures to ``out``."""
+            params: StatsParams | None = None, tables: bool = True, figures: bool = True,
+            figures_dir: str | Path | None = None) -> dict[str, Any]:
+    """Analyse run directories; write summary/curves/comparisons (``tables``) to ``out`` and
+    figures to ``figures_dir`` (default ``out/figures``)."""
     from .plots import make_figures
 
     out = Path(out)
@@ -77,6 +79,7 @@ def analyze(runs: Sequence[str | Path], out: str | Path, *, metric: str | None =
     paths = []
     if figures:
         for m in sorted(result["summary"].metric.unique()):
-            paths += make_figures(result["curves"], result["summary"], out / "figures", m, runs=loaded)
+            paths += make_figures(result["curves"], result["summary"], Path(figures_dir or out / "figures"), m,
+                                  runs=loaded)
     result["figures"] = paths
     return result

@@ -1,12 +1,23 @@
+"""The demo end to end on the shipped zoo and tasks, reduced with --limit."""
+
+import json
+
 from horizon.cli import main
-from horizon.store import read_run
+from horizon.demo import DATA, task_files, zoo_models
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--limit", "2"]) == 0
-    assert main(["demo", "--out", str(out), "--limit", "2"]) == 0  # a rerun resumes the same run
-    run = read_run(out / "run")
-    assert (run["samples"].status == "ok").all() and len(run["samples"]) == 2
-    assert len(run["scores"]) == 2 * 4 * 4 * 2  # samples x layers x 2x2 windows of a 4x4 grid x metrics
-    assert str(out) in capsys.readouterr().out
+    out, runs = tmp_path / "figures", tmp_path / "runs"
+    args = ["demo", "--out", str(out), "--runs", str(runs), "--limit", "3", "--n-boot", "50", "--n-perm", "50"]
+    assert main(args) == 0
+    models, tasks = zoo_models(DATA), task_files(DATA)
+    assert len(models) >= 3 and len(tasks) >= 2
+    assert len(list(runs.iterdir())) == len(models) * len(tasks)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["model"] for r in summary} == {m.name for m in models}
+    assert {r["task"] for r in summary} == set(tasks)
+    printed = capsys.readouterr().out
+    assert "is the ocr horizon deeper" in printed and "relative horizon deeper" in printed
+    assert (out / "demo.txt").read_text().strip() in printed
+    assert (out / "info_curve_kl.png").exists() and (out / "horizons_kl.pdf").exists()
+    assert main(args) == 0  # a rerun resumes the finished runs
