@@ -200,9 +200,9 @@ def train(spec: ZooSpec, out: str | Path, *, tasks_dir: str | Path | None = None
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        result.losses.append(float(loss))
+        result.losses.append(loss.item())
         if progress:
-            progress(step, float(loss))
+            progress(step, result.losses[-1])
     result.seconds = time.perf_counter() - start
     hook.remove()
     model.eval()
