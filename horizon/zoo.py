@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .tasks import COLOURS, QUESTIONS, SHAPES, TASKS, draw, random_scene
+from .tasks import CODE_LENGTH, COLOURS, QUESTIONS, SHAPES, TASKS, draw, random_scene
 from .tiny import TinySpec, build_tiny
 
 log = logging.getLogger("horizon")
@@ -214,6 +214,15 @@ def train(spec: ZooSpec, out: str | Path, *, tasks_dir: str | Path | None = None
     return result
 
 
+def rewrite_card(out: Path) -> None:
+    """Re-render a model card from its recorded ``zoo.json`` (no retraining)."""
+    card = json.loads((out / "zoo.json").read_text())
+    recipe = {k: tuple(v) if isinstance(v, list) else v for k, v in card["recipe"].items()}
+    spec = ZooSpec(**recipe)
+    result = TrainResult(losses=[card["final_loss"]], accuracy=card["accuracy"], seconds=card["train_seconds"])
+    write_card(spec, out, result, spec.steps)
+
+
 def write_card(spec: ZooSpec, out: Path, result: TrainResult, steps: int) -> None:
     recipe = asdict(replace(spec, steps=steps))
     card = {"name": spec.name, "recipe": recipe, "train_seconds": round(result.seconds, 1),
@@ -239,6 +248,12 @@ knows nothing but these tasks.
 | training | {steps} steps, batch {spec.batch} ({spec.ocr_share:.0%} code questions), AdamW lr {spec.lr} (warmup {spec.warmup}, cosine), weight decay {spec.weight_decay}, seed {spec.seed} |
 | auxiliary objective | a linear head (discarded after training) reads what each cell shows (its digit, the shape's colour, or background) off the visual tokens the language model receives, weight {spec.aux_weight} |
 | training time | {result.seconds / 60:.1f} min on 2 CPU cores |
+
+Tasks: `ocr` asks for a code of {CODE_LENGTH} digit(s) drawn small in a 16 x 16
+cell (one visual token); `colour` and `shape` ask about a large shape. The code
+was made easier than planned: two-digit codes stayed near 50% within the CPU
+budget, one digit trains to the accuracy below and still lives in a single
+token's fine detail.
 
 Held-out accuracy (greedy answer, exact match, the shipped test sets in
 `data/tasks/`, 300 samples each):
