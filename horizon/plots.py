@@ -125,7 +125,9 @@ def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     with plt.rc_context(_RC):
         for path in paths:
-            fig.savefig(path, dpi=fig.dpi)
+            # No creation date in the PDF: rerunning the demo reproduces committed figures byte for byte.
+            metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+            fig.savefig(path, dpi=fig.dpi, metadata=metadata)
     return paths
 
 
