@@ -279,6 +279,11 @@ def estimate(
     )
 
 
+def _depth(part: pd.DataFrame) -> int:
+    """The model's number of decoder layers L (from the runs, else the deepest scanned layer + 1)."""
+    return int(part.n_layers.iloc[0]) if "n_layers" in part else int(part.layer.max() + 1)
+
+
 def _matrices(per_sample: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
     table = per_sample.pivot(index="sample_id", columns="layer", values=column).sort_index(axis=1)
     return table.to_numpy(np.float64), table.columns.to_numpy()
@@ -293,7 +298,7 @@ def curves(per_sample: pd.DataFrame, params: StatsParams | None = None) -> pd.Da
     rng = np.random.default_rng(params.seed)
     rows = []
     for (model, task, metric), part in per_sample.groupby(KEYS, sort=True):
-        n_layers = int(part.n_layers.iloc[0]) if "n_layers" in part else int(part.layer.max() + 1)
+        n_layers = _depth(part)
         info, layers = _matrices(part, "mean_info")
         w = _weights(rng, info.shape[0], params.n_boot)
         est = {}
@@ -321,7 +326,7 @@ def summarize(per_sample: pd.DataFrame, params: StatsParams | None = None) -> pd
     rng = np.random.default_rng(params.seed)
     rows = []
     for (model, task, metric), part in per_sample.groupby(KEYS, sort=True):
-        n_layers = int(part.n_layers.iloc[0]) if "n_layers" in part else int(part.layer.max() + 1)
+        n_layers = _depth(part)
         info, layers = _matrices(part, "mean_info")
         uniformity, _ = _matrices(part, "uniformity")
         est = estimate(info, uniformity, layers, n_layers, params, rng)
@@ -344,8 +349,7 @@ def summarize(per_sample: pd.DataFrame, params: StatsParams | None = None) -> pd
 
 def _relative_matrix(part: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
     info, layers = _matrices(part, "mean_info")
-    n_layers = int(part.n_layers.iloc[0]) if "n_layers" in part else int(layers.max() + 1)
-    depth = layers / n_layers
+    depth = layers / _depth(part)
     return np.stack([np.interp(grid, depth, row) for row in info])
 
 
@@ -365,7 +369,7 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
     different depth become exchangeable under the null hypothesis.
     """
     if relative:
-        depths = [part.layer.unique() / int(part.n_layers.iloc[0]) for part in (a, b)]
+        depths = [part.layer.unique() / _depth(part) for part in (a, b)]
         axis = np.unique(np.concatenate(depths))
         xa, xb, past_end = _relative_matrix(a, axis), _relative_matrix(b, axis), 1.0
     else:
@@ -373,7 +377,7 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
         xb, axis_b = _matrices(b, "mean_info")
         if not np.array_equal(axis, axis_b):
             raise HorizonError("tasks compared within a model must share the scanned layers")
-        past_end = float(int(a.n_layers.iloc[0]) if "n_layers" in a else axis.max() + 1)
+        past_end = float(_depth(a))
     ha = _horizon_of(xa[None], axis, params, past_end)[0]
     hb = _horizon_of(xb[None], axis, params, past_end)[0]
     observed = ha - hb
