@@ -76,3 +76,35 @@ def test_schedule_average_tokens_and_errors():
             parse_schedule(bad, n_layers=32, n_visual=576)
     with pytest.raises(HorizonError, match="cannot keep"):
         select("random", torch.arange(4), 5, generator=torch.Generator())
+
+
+def test_vqa_normalization_and_accuracy():
+    from horizon.prune.metrics import normalize_vqa, vqa_accuracy
+
+    assert normalize_vqa("The Two dogs!") == "2 dogs"
+    assert normalize_vqa("  Yes.") == "yes"
+    assert normalize_vqa("dont know") == "don't know"
+    assert normalize_vqa("1,000") == "1000"
+    assert normalize_vqa("red/blue") == "red blue"
+    # 10 human answers: 'two' x2, '2' x1 (all normalise to '2'), others differ
+    answers = ["two", "two", "2", "3", "3", "3", "3", "three", "four", "many"]
+    # prediction '2' matches 3 answers: leaving out a match leaves 2 -> 2/3; leaving out a non-match -> 1
+    assert vqa_accuracy("2", answers) == pytest.approx((3 * (2 / 3) + 7 * 1.0) / 10)
+    assert vqa_accuracy("three", answers) == pytest.approx(1.0)  # 5 matches: always >= 3 left
+    assert vqa_accuracy("five", answers) == 0.0
+    assert vqa_accuracy("four", answers) == pytest.approx((1 * 0 + 9 * (1 / 3)) / 10)
+
+
+def test_mme_acc_plus_and_pope_f1():
+    from horizon.prune.metrics import exact_match, mme_scores, pope_scores
+
+    mme = mme_scores(["a", "a", "b", "b", "c", "c"], ["Yes", "no", "yes", "yes.", "No, it is not", "maybe"],
+                     ["yes", "no", "yes", "no", "no", "yes"])
+    assert mme["acc"] == pytest.approx(4 / 6) and mme["acc_plus"] == pytest.approx(1 / 3)
+    assert mme["score"] == pytest.approx(100 * (4 / 6 + 1 / 3))
+    pope = pope_scores(["yes", "yes", "no", "yes", "no", "no"], ["yes", "no", "yes", "yes", "no", "no"])
+    # tp=2 fp=1 fn=1 tn=2
+    assert pope["accuracy"] == pytest.approx(4 / 6)
+    assert pope["precision"] == pytest.approx(2 / 3) and pope["recall"] == pytest.approx(2 / 3)
+    assert pope["f1"] == pytest.approx(2 / 3) and pope["yes_ratio"] == pytest.approx(0.5)
+    assert exact_match(" Red.", ["red", "crimson"]) == 1.0 and exact_match("blue", ["red"]) == 0.0
