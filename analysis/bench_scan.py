@@ -47,7 +47,7 @@ from horizon.data import Sample
 from horizon.groups import tile
 from horizon.model import VisionLM
 from horizon.reference import deleted_logits, kept_index
-from horizon.scan import _answer_ids, _append, _encode
+from horizon.scan import answer_ids_for, append_answer, encode_sample
 from horizon.tiny import build_tiny
 
 TOLERANCE = 1e-4
@@ -67,10 +67,10 @@ def build_inputs(vlm: VisionLM, root: Path, side: int) -> tuple[dict[str, torch.
     pixels = (np.random.default_rng(0).random((side, side, 3)) * 255).astype("uint8")
     Image.fromarray(pixels).save(root / "image.png")
     sample = Sample("bench", root / "image.png", "what is the color of the shape?", ["red"])
-    prompt_inputs, prompt = _encode(vlm, sample)
-    answer_ids = _answer_ids(vlm, sample, prompt)[:1]  # answer_span="first"
+    prompt_inputs, prompt = encode_sample(vlm, sample)
+    answer_ids = answer_ids_for(vlm, sample, prompt)[:1]  # answer_span="first"
     start = prompt_inputs["input_ids"].shape[1]
-    return _append(prompt_inputs, answer_ids), [start - 1]
+    return append_answer(prompt_inputs, answer_ids), [start - 1]
 
 
 def make_ablations(vlm: VisionLM, inputs: dict[str, torch.Tensor], group: int) -> dict[str, list[Ablation]]:

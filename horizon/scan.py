@@ -108,13 +108,13 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
-def _encode(vlm: VisionLM, sample: Sample) -> tuple[dict[str, torch.Tensor], str]:
+def encode_sample(vlm: VisionLM, sample: Sample) -> tuple[dict[str, torch.Tensor], str]:
     image = sample.load_image()
     prompt = vlm.adapter.prompt(vlm.processor, sample.question, 1)
     return vlm.adapter.encode(vlm.processor, [image], prompt), prompt
 
 
-def _answer_ids(vlm: VisionLM, sample: Sample, prompt: str) -> list[int]:
+def answer_ids_for(vlm: VisionLM, sample: Sample, prompt: str) -> list[int]:
     """The ground-truth answer's tokens as they follow the prompt."""
     tok, sep = vlm.tokenizer, vlm.adapter.answer_separator
     prefix = tok(prompt, add_special_tokens=False).input_ids
@@ -126,7 +126,7 @@ def _answer_ids(vlm: VisionLM, sample: Sample, prompt: str) -> list[int]:
 
 
 @torch.no_grad()
-def _greedy(vlm: VisionLM, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> list[int]:
+def greedy_answer(vlm: VisionLM, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> list[int]:
     inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
     out = vlm.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
@@ -138,7 +138,7 @@ def _greedy(vlm: VisionLM, inputs: dict[str, torch.Tensor], max_new_tokens: int)
     return new
 
 
-def _append(inputs: dict[str, torch.Tensor], ids: list[int]) -> dict[str, torch.Tensor]:
+def append_answer(inputs: dict[str, torch.Tensor], ids: list[int]) -> dict[str, torch.Tensor]:
     extra = torch.tensor([ids], dtype=inputs["input_ids"].dtype)
     out = dict(inputs)
     out["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
@@ -159,12 +159,12 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     """Scan one sample; returns (sample row, groups frame, scores frame)."""
     if sample.problem:
         raise SampleError(sample.id, sample.problem)
-    prompt_inputs, prompt = _encode(vlm, sample)
-    generated = _greedy(vlm, prompt_inputs, cfg.max_new_tokens)
-    answer_ids = _answer_ids(vlm, sample, prompt) if cfg.target == "gt" else generated
+    prompt_inputs, prompt = encode_sample(vlm, sample)
+    generated = greedy_answer(vlm, prompt_inputs, cfg.max_new_tokens)
+    answer_ids = answer_ids_for(vlm, sample, prompt) if cfg.target == "gt" else generated
     if cfg.answer_span == "first":
         answer_ids = answer_ids[:1]
-    inputs = _append(prompt_inputs, answer_ids)
+    inputs = append_answer(prompt_inputs, answer_ids)
     start = prompt_inputs["input_ids"].shape[1]
     scored = list(range(start - 1, start - 1 + len(answer_ids)))
 

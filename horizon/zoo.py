@@ -105,7 +105,7 @@ def cell_labels(scene, image, grid: int, cell: int) -> np.ndarray:
 def _batch(vlm, rng: np.random.Generator, spec: ZooSpec, tasks: Sequence[str]):
     """A training batch: prompts + answers, labels on the answer tokens (and end of turn)."""
     from .data import Sample
-    from .scan import _answer_ids
+    from .scan import answer_ids_for
 
     tok = vlm.tokenizer
     eos = vlm.hf.generation_config.eos_token_id
@@ -121,7 +121,7 @@ def _batch(vlm, rng: np.random.Generator, spec: ZooSpec, tasks: Sequence[str]):
         prompt = vlm.adapter.prompt(vlm.processor, QUESTIONS[task])
         enc = vlm.adapter.encode(vlm.processor, [image], prompt)
         sample = Sample("train", Path(), QUESTIONS[task], [scene.answer(task)], task)
-        answer = _answer_ids(vlm, sample, prompt) + [eos]
+        answer = answer_ids_for(vlm, sample, prompt) + [eos]
         rows.append((enc, answer))
     width = max(r[0]["input_ids"].shape[1] + len(r[1]) for r in rows)
     pad = tok.pad_token_id
@@ -149,13 +149,13 @@ def _batch(vlm, rng: np.random.Generator, spec: ZooSpec, tasks: Sequence[str]):
 def evaluate(vlm, data: Path | str, limit: int | None = None, max_new_tokens: int = 4) -> float:
     """Greedy exact-match accuracy on a DESIGN §4 JSONL file."""
     from .data import read_jsonl
-    from .scan import _encode, _greedy
+    from .scan import encode_sample, greedy_answer
 
     samples = read_jsonl(data)[:limit]
     correct = 0
     for sample in samples:
-        inputs, _ = _encode(vlm, sample)
-        pred = vlm.tokenizer.decode(_greedy(vlm, inputs, max_new_tokens), skip_special_tokens=True).strip()
+        inputs, _ = encode_sample(vlm, sample)
+        pred = vlm.tokenizer.decode(greedy_answer(vlm, inputs, max_new_tokens), skip_special_tokens=True).strip()
         correct += pred in [a.strip() for a in sample.answers]
     return correct / len(samples)
 
