@@ -37,6 +37,7 @@ import re
 import textwrap
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,50 @@ def _panels(n: int, height: float = 4.0) -> tuple[Figure, np.ndarray]:
 # --------------------------------------------------------------------------- curves
 
 
+@dataclass(frozen=True)
+class _Marker:
+    """A per-task line read from the summary: vertical at a layer ("v") or horizontal at a value ("h")."""
+
+    field: str
+    axis: str
+    ls: str
+    lw: float
+    label: str
+
+
+def _curve_panels(axes, c: pd.DataFrame, s: pd.DataFrame | None, models: list, tasks: list, colors: dict,
+                  column: str, markers: Sequence[_Marker]) -> list[Line2D]:
+    """One panel per model: a line and CI band per task, plus each task's summary markers.
+
+    Returns the legend handles: one per task, then one per marker kind that was drawn.
+    """
+    drawn: set[int] = set()
+    for ax, model in zip(axes, models):
+        cm = c[c["model"] == model]
+        for task in tasks:
+            ct = cm[cm["task"] == task].sort_values("layer")
+            if ct.empty:
+                continue
+            col = colors[task]
+            ax.plot(ct["layer"], ct[column], color=col, lw=1.8, marker="o", ms=2.5, label=task)
+            if {f"{column}_lo", f"{column}_hi"} <= set(ct.columns):
+                ax.fill_between(ct["layer"], ct[f"{column}_lo"], ct[f"{column}_hi"], color=col, alpha=0.22, lw=0)
+            row = _summary_row(s, model, task)
+            for i, m in enumerate(markers):
+                if row is not None and _finite(row.get(m.field)):
+                    line = ax.axvline if m.axis == "v" else ax.axhline
+                    line(float(row[m.field]), color=col, ls=m.ls, lw=m.lw)
+                    drawn.add(i)
+        ax.set_xlabel("decoder layer")
+        _title(ax, _model_title(model, cm))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.margins(x=0.02)
+    handles = [Line2D([], [], color=colors[t], lw=1.8, label=str(t)) for t in tasks]
+    handles += [Line2D([], [], color="0.3", ls=m.ls, lw=m.lw, label=m.label)
+                for i, m in enumerate(markers) if i in drawn]
+    return handles
+
+
 def plot_info_curves(curves: pd.DataFrame, summary: pd.DataFrame | None, metric: str, out_dir: Path,
                      log: bool = False) -> list[Path]:
     """Information per layer: one panel per model, one line per task with its CI band.
@@ -212,42 +257,17 @@ def plot_info_curves(curves: pd.DataFrame, summary: pd.DataFrame | None, metric:
     c = _select(curves, metric, "curves")
     s = _markers_for(summary, metric)
     models, tasks = _order(c["model"]), _order(c["task"])
-    colors = _colors(tasks)
+    markers = (_Marker("horizon", "v", "--", 1.3, "horizon"),
+               _Marker("threshold_value", "h", ":", 1.2, _threshold_label(s)))
     with _style():
         fig, axes = _panels(len(models))
         try:
-            any_h = any_t = False
+            handles = _curve_panels(axes, c, s, models, tasks, _colors(tasks), "mean_info", markers)
             for ax, model in zip(axes, models):
-                cm = c[c["model"] == model]
-                for task in tasks:
-                    ct = cm[cm["task"] == task].sort_values("layer")
-                    if ct.empty:
-                        continue
-                    col = colors[task]
-                    ax.plot(ct["layer"], ct["mean_info"], color=col, lw=1.8, marker="o", ms=2.5, label=task)
-                    if {"mean_info_lo", "mean_info_hi"} <= set(ct.columns):
-                        ax.fill_between(ct["layer"], ct["mean_info_lo"], ct["mean_info_hi"], color=col,
-                                        alpha=0.22, lw=0)
-                    row = _summary_row(s, model, task)
-                    if row is not None and _finite(row.get("horizon")):
-                        ax.axvline(float(row["horizon"]), color=col, ls="--", lw=1.3)
-                        any_h = True
-                    if row is not None and _finite(row.get("threshold_value")):
-                        ax.axhline(float(row["threshold_value"]), color=col, ls=":", lw=1.2)
-                        any_t = True
                 ax.axhline(0.0, color="0.35", lw=0.6, zorder=0)
                 if log:
-                    ax.set_yscale("symlog", linthresh=_linthresh(cm))
-                ax.set_xlabel("decoder layer")
+                    ax.set_yscale("symlog", linthresh=_linthresh(c[c["model"] == model]))
                 ax.set_ylabel(info_label(metric))
-                _title(ax, _model_title(model, cm))
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.margins(x=0.02)
-            handles = [Line2D([], [], color=colors[t], lw=1.8, label=str(t)) for t in tasks]
-            if any_h:
-                handles.append(Line2D([], [], color="0.3", ls="--", lw=1.3, label="horizon"))
-            if any_t:
-                handles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label=_threshold_label(s)))
             _legend(fig, handles, title="task")
             scale = " (symlog scale)" if log else ""
             _suptitle(fig, f"Information per decoder layer — {metric}{scale}\nmean over windows and samples; bands: 95% CI")
@@ -266,40 +286,15 @@ def plot_uniformity(curves: pd.DataFrame, summary: pd.DataFrame | None, metric: 
     c = _select(curves, metric, "curves")
     s = _markers_for(summary, metric)
     models, tasks = _order(c["model"]), _order(c["task"])
-    colors = _colors(tasks)
+    markers = (_Marker("uniformity_onset", "v", "-.", 1.3, "uniformity onset"),
+               _Marker("horizon", "v", "--", 1.3, "horizon"))
     with _style():
         fig, axes = _panels(len(models))
         try:
-            any_h = any_u = False
-            for ax, model in zip(axes, models):
-                cm = c[c["model"] == model]
-                for task in tasks:
-                    ct = cm[cm["task"] == task].sort_values("layer")
-                    if ct.empty:
-                        continue
-                    col = colors[task]
-                    ax.plot(ct["layer"], ct["uniformity"], color=col, lw=1.8, marker="o", ms=2.5, label=task)
-                    if {"uniformity_lo", "uniformity_hi"} <= set(ct.columns):
-                        ax.fill_between(ct["layer"], ct["uniformity_lo"], ct["uniformity_hi"], color=col,
-                                        alpha=0.22, lw=0)
-                    row = _summary_row(s, model, task)
-                    if row is not None and _finite(row.get("uniformity_onset")):
-                        ax.axvline(float(row["uniformity_onset"]), color=col, ls="-.", lw=1.3)
-                        any_u = True
-                    if row is not None and _finite(row.get("horizon")):
-                        ax.axvline(float(row["horizon"]), color=col, ls="--", lw=1.3)
-                        any_h = True
+            handles = _curve_panels(axes, c, s, models, tasks, _colors(tasks), "uniformity", markers)
+            for ax in axes[: len(models)]:
                 ax.set_ylim(0.0, 1.02)
-                ax.set_xlabel("decoder layer")
                 ax.set_ylabel("uniformity (1 − Gini over windows)")
-                _title(ax, _model_title(model, cm))
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.margins(x=0.02)
-            handles = [Line2D([], [], color=colors[t], lw=1.8, label=str(t)) for t in tasks]
-            if any_u:
-                handles.append(Line2D([], [], color="0.3", ls="-.", lw=1.3, label="uniformity onset"))
-            if any_h:
-                handles.append(Line2D([], [], color="0.3", ls="--", lw=1.3, label="horizon"))
             _legend(fig, handles, title="task")
             _suptitle(fig, f"Uniformity of information over the image — {metric}\nbands: 95% CI")
             return save(fig, out_dir, f"uniformity_{_slug(metric)}")
