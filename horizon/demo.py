@@ -59,36 +59,41 @@ def _verdict(row: pd.Series, what: str) -> str:
     return f"{what}: no clear difference ({ci})"
 
 
+def _difference(table: pd.DataFrame, column: str, first: str, second: str) -> pd.Series | None:
+    """The comparison of ``first`` with ``second`` (stored in either order), oriented as first - second."""
+    a, b = table[f"{column}_a"], table[f"{column}_b"]
+    rows = table[((a == first) & (b == second)) | ((a == second) & (b == first))]
+    if rows.empty:
+        return None
+    row = rows.iloc[0].copy()
+    if row[f"{column}_a"] != first:
+        row.difference, row.difference_lo, row.difference_hi = (
+            -row.difference, -row.difference_hi, -row.difference_lo)
+    return row
+
+
 def answers(comparisons: pd.DataFrame, summary: pd.DataFrame, models: list[str], metric: str) -> list[str]:
     """The two questions, answered per model / task pair from the comparisons table."""
     lines = []
-    kinds = summary.drop_duplicates("task").set_index("task")
-    intensive = [t for t in kinds.index if t == "ocr"]
-    general = [t for t in kinds.index if t != "ocr"]
+    tasks = sorted(summary.task.unique())
+    intensive = [t for t in tasks if t == "ocr"]
+    general = [t for t in tasks if t != "ocr"]
     c = comparisons[comparisons.metric == metric]
     for model in models:
+        within = c[(c.kind == "task") & (c.model_a == model)]
         for g in general:
             for t in intensive:
-                row = c[(c.kind == "task") & (c.model_a == model)
-                        & (((c.task_a == t) & (c.task_b == g)) | ((c.task_a == g) & (c.task_b == t)))]
-                if len(row):
-                    row = row.iloc[0].copy()
-                    if row.task_a != t:  # orient as intensive - general
-                        row.difference, row.difference_lo, row.difference_hi = (
-                            -row.difference, -row.difference_hi, -row.difference_lo)
+                row = _difference(within, "task", t, g)
+                if row is not None:
                     lines.append(_verdict(row, f"{model}: is the {t} horizon deeper than the {g} horizon"))
     sizes = sorted(models, key=_size)
-    for task in kinds.index:
+    for task in tasks:
+        across = c[(c.kind == "model") & (c.task_a == task)]
         for small, large in zip(sizes, sizes[1:]):
             if _family(small) != _family(large):
                 continue
-            row = c[(c.kind == "model") & (c.task_a == task)
-                    & (((c.model_a == large) & (c.model_b == small)) | ((c.model_a == small) & (c.model_b == large)))]
-            if len(row):
-                row = row.iloc[0].copy()
-                if row.model_a != large:
-                    row.difference, row.difference_lo, row.difference_hi = (
-                        -row.difference, -row.difference_hi, -row.difference_lo)
+            row = _difference(across, "model", large, small)
+            if row is not None:
                 lines.append(_verdict(row, f"{task}: is {large}'s relative horizon deeper than {small}'s"))
     return lines
 
