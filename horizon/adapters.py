@@ -64,6 +64,27 @@ class Adapter:
         _, keys = rope(keys, keys, cos, sin)
         return keys, values
 
+    def last_token_attention(
+        self, layer: torch.nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """Attention weights (heads, n) of the last position over all n positions, computed explicitly.
+
+        sdpa and flash attention never materialise the weights, so FastV's
+        criterion is recomputed here from the layer's own projections (the
+        last position attends to every position, so no mask is needed).
+        ``hidden`` is the layer's input (1, n, D).
+        """
+        attn = layer.self_attn
+        keys, _ = self.key_values(layer, hidden, position_embeddings)  # (1, kv_heads, n, hd)
+        x = layer.input_layernorm(hidden[:, -1:])
+        query = attn.q_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # (1, heads, 1, hd)
+        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        cos, sin = position_embeddings
+        query, _ = rope(query, query, cos[:, -1:], sin[:, -1:])
+        keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # grouped-query heads
+        scores = (query.float() @ keys.float().transpose(-1, -2)) * attn.scaling
+        return torch.softmax(scores, dim=-1)[0, :, 0]
+
     # -- processing ------------------------------------------------------
     def load_processor(self, source: str, trust_remote_code: bool) -> Any:
         from transformers import AutoProcessor

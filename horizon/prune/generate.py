@@ -1,0 +1,303 @@
+"""Greedy generation with a pruning schedule applied: prefill prunes, decoding reuses the pruned KV cache.
+
+At a stage ``method@l:keep`` the method picks which visual tokens stay, from
+what layer l (or l - 1 for FastV) exposes; every other visual token's hidden
+state is deleted before layer l, so layers l.. never see it (DESIGN §2's
+removal, the deletion the paper's reference code does). The KV cache of
+layers >= l therefore holds only the kept tokens, and every decoding step
+attends to exactly what prefill kept. Text tokens are never pruned.
+
+Positions: by default every token keeps its original position id (RoPE or
+M-RoPE), and generated tokens continue after the full prompt, as in the
+unpruned model. ``positions="renumber"`` gives the sequence that remains after
+a stage contiguous positions 0..n-1 from that layer on (what FastV-style
+reference code does); decoding then continues each layer's own numbering.
+
+Everything happens in forward pre-hooks on the decoder layers of the
+unmodified transformers forward pass; they slice the layer's input and the
+per-token arguments (rotary embeddings, mask) to the tokens still present.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import HorizonError
+from ..model import VisionLM
+from .schedule import Schedule, Stage
+from .strategies import select
+
+POSITIONS = ("original", "renumber")
+
+
+@dataclass
+class Generation:
+    """What a pruned greedy generation produced."""
+
+    tokens: list[int]  # generated ids, eos excluded
+    text: str
+    n_visual: int
+    kept: list[list[int]]  # per stage: original positions of the visual tokens present after it
+    visual_per_layer: list[int]  # visual tokens in each layer's input during prefill
+    tokens_per_layer: list[int]  # all tokens in each layer's input during prefill
+    logits: list[torch.Tensor] = field(default_factory=list)  # per step (V,) float32, when asked for
+
+    @property
+    def avg_visual_tokens(self) -> float:
+        return sum(self.visual_per_layer) / len(self.visual_per_layer)
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A per-sample seed that does not depend on the order samples are run in."""
+    return (seed * 1_000_003 + zlib.crc32(sample_id.encode())) % (2**63)
+
+
+def prefill_flops(config: Any, tokens_per_layer: list[int]) -> float:
+    """Estimated prefill FLOPs of the decoder layers, each at the tokens in its input.
+
+    Counts 2 FLOPs per multiply-add of the q/k/v/o projections, the gated MLP
+    (three matrices) and the attention products QK^T and AV over the full n x n
+    square (the FastV convention). Embeddings, norms, lm_head and the vision
+    tower are left out: pruning does not change them.
+    """
+    d = config.hidden_size
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    mlp = config.intermediate_size
+    total = 0.0
+    for n in tokens_per_layer:
+        projections = 2 * n * d * (2 * heads * head_dim + 2 * kv * head_dim)
+        attention = 4 * n * n * heads * head_dim
+        total += projections + attention + 6 * n * d * mlp
+    return float(total)
+
+
+class _Pruning:
+    """The state one generation's layer hooks share: which original positions each layer sees."""
+
+    def __init__(self, vlm: VisionLM, schedule: Schedule, visual: torch.Tensor, positions: str,
+                 generator: torch.Generator, info: Mapping[int, torch.Tensor] | None,
+                 replay: list[torch.Tensor] | None = None):
+        self.vlm, self.positions, self.generator, self.info = vlm, positions, generator, info or {}
+        self.stages: dict[int, Stage] = {s.layer: s for s in schedule.stages}
+        self.visual_mask: torch.Tensor | None = None  # (S,) bool over original positions
+        self.visual = visual
+        self.replay = replay  # kept visual positions per stage, to repeat an earlier selection
+        self.kept: list[torch.Tensor] = []
+        self.present: torch.Tensor | None = None  # original positions in the current layer's input
+        self.layer_present: list[torch.Tensor] = []  # per layer, during prefill
+        self.attention: torch.Tensor | None = None  # FastV: (heads, n) from the layer before its stage
+        self.renumbered = False
+        self.handles: list[Any] = []
+
+    # -- hooks -----------------------------------------------------------
+    def install(self, hook) -> "_Pruning":
+        for j, layer in enumerate(self.vlm.language_model.layers):
+            self.handles.append(layer.register_forward_pre_hook(
+                lambda module, args, kwargs, j=j: hook(j, module, args, kwargs), with_kwargs=True))
+        return self
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def prefill(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        seq = kwargs["position_embeddings"][0].shape[-2]
+        if self.present is None:
+            self.present = torch.arange(seq, device=hidden.device)
+            self.visual_mask = torch.zeros(seq, dtype=torch.bool, device=hidden.device)
+            self.visual_mask[self.visual.to(hidden.device)] = True
+        if j in self.stages:
+            rows = self._select(self.stages[j], j, module, hidden, self._slice(kwargs, self.present, seq))
+            hidden = hidden[:, rows]
+            self.present = self.present[rows]
+            self.kept.append(self.present[self.visual_mask[self.present]].clone())
+            self.renumbered = self.renumbered or self.positions == "renumber"
+        self.layer_present.append(self.present)
+        kwargs = self._slice(kwargs, self.present, seq, hidden)
+        nxt = self.stages.get(j + 1)
+        if nxt is not None and nxt.method == "fastv" and self.replay is None:
+            self.attention = self.vlm.adapter.last_token_attention(module, hidden, kwargs["position_embeddings"])
+        return (hidden, *args[1:]), kwargs
+
+    def decode(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict, step: int):
+        # One new token attends to everything its layer cached: no mask needed.
+        kwargs["attention_mask"] = None
+        if self.positions == "renumber" and self.renumbered_at(j):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            pos = torch.tensor([[len(self.layer_present[j]) + step]], device=hidden.device)
+            kwargs["position_embeddings"] = self.vlm.language_model.rotary_emb(hidden, pos)
+        return args, kwargs
+
+    def renumbered_at(self, j: int) -> bool:
+        return any(layer <= j for layer in self.stages)
+
+    # -- helpers ---------------------------------------------------------
+    def _slice(self, kwargs: dict, present: torch.Tensor, seq: int, hidden: torch.Tensor | None = None) -> dict:
+        """The layer's per-token arguments restricted to ``present`` (original positions)."""
+        kwargs = dict(kwargs)
+        n = len(present)
+        if self.renumbered and hidden is not None:
+            pos = torch.arange(n, device=present.device)[None]
+            kwargs["position_embeddings"] = self.vlm.language_model.rotary_emb(hidden, pos)
+        elif n != seq:
+            cos, sin = kwargs["position_embeddings"]
+            kwargs["position_embeddings"] = (cos[..., present, :], sin[..., present, :])
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and n != seq:
+            kwargs["attention_mask"] = mask[..., present, :][..., present]
+        elif mask is not None and not isinstance(mask, torch.Tensor):
+            raise HorizonError(f"pruning cannot restrict a {type(mask).__name__} attention mask; "
+                               "load the model with attn_implementation='sdpa' or 'eager'")
+        if isinstance(kwargs.get("position_ids"), torch.Tensor) and n != seq:
+            kwargs["position_ids"] = kwargs["position_ids"][..., present]
+        return kwargs
+
+    def _select(self, stage: Stage, j: int, module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Rows of the current input that stay: every text row plus the chosen visual rows."""
+        is_visual = self.visual_mask[self.present]
+        visual_rows = is_visual.nonzero().flatten()
+        if self.replay is not None:
+            chosen = torch.isin(self.present, self.replay[len(self.kept)].to(self.present.device)).nonzero().flatten()
+        else:
+            keep = stage.keep
+            if keep > len(visual_rows):
+                raise HorizonError(f"{stage.method}@{stage.layer}:{keep}: only {len(visual_rows)} visual tokens "
+                                   "are present there")
+            inputs: dict[str, Any] = {}
+            if stage.method == "random":
+                inputs["generator"] = self.generator
+            elif stage.method == "divprune":
+                inputs["hidden"] = hidden[0]
+            elif stage.method == "fastv":
+                inputs["attention"] = self.attention[:, None]  # (heads, 1, n): the last query's row
+            elif stage.method == "dart":
+                keys, _ = self.vlm.adapter.key_values(module, hidden, kwargs["position_embeddings"])
+                inputs["keys"] = keys[0].transpose(0, 1).flatten(1)  # (n, kv_heads * head_dim)
+                inputs["text"] = (~is_visual).nonzero().flatten()
+            elif stage.method == "info":
+                if j not in self.info:
+                    raise HorizonError(f"info@{j}: no information scores for layer {j} (scan that layer)")
+                inputs["info"] = self.info[j].to(hidden.device)[self.present[visual_rows]]
+            chosen = select(stage.method, visual_rows.cpu(), keep, **{
+                k: v.cpu() if isinstance(v, torch.Tensor) and k != "generator" else v for k, v in inputs.items()})
+            chosen = chosen.to(hidden.device)
+        keep_rows = ~is_visual
+        keep_rows[chosen] = True
+        return keep_rows.nonzero().flatten()
+
+
+def _first_position(vlm: VisionLM, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Captures the position ids the decoder stack receives (None means 0..S-1)."""
+    seen: dict[str, Any] = {}
+
+    def grab(module, args, kwargs):
+        seen["position_ids"] = kwargs.get("position_ids")
+
+    return seen, vlm.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+
+
+@torch.no_grad()
+def generate(
+    vlm: VisionLM,
+    inputs: Mapping[str, torch.Tensor],
+    schedule: Schedule,
+    *,
+    positions: str = "original",
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    info: Mapping[int, torch.Tensor] | None = None,
+    use_cache: bool = True,
+    return_logits: bool = False,
+) -> Generation:
+    """Greedy answer of ``vlm`` to ``inputs`` (one prompt) with ``schedule`` applied.
+
+    ``info`` maps a layer to per-position information (S,) for ``info`` stages.
+    ``use_cache=False`` recomputes the whole sequence at every step, repeating
+    the selection made at prefill: the slow check that cached decoding is exact.
+    """
+    if positions not in POSITIONS:
+        raise HorizonError(f"--positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
+    if inputs["input_ids"].shape[0] != 1:
+        raise HorizonError("pruned generation runs one prompt at a time")
+    visual = (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).nonzero().flatten()
+    generator = torch.Generator().manual_seed(seed)
+    state = _Pruning(vlm, schedule, visual, positions, generator, info)
+
+    seen, grab = _first_position(vlm, inputs)
+    state.install(state.prefill)
+    try:
+        out = vlm.hf(**inputs, use_cache=use_cache)
+    finally:
+        state.remove()
+        grab.remove()
+    position_ids = seen.get("position_ids")
+    if positions == "renumber" and position_ids is not None and position_ids.ndim == 3 and schedule.stages:
+        raise HorizonError("--positions renumber is defined for 1-D RoPE only; this model uses M-RoPE "
+                           "(keep the original positions)")
+    seq = inputs["input_ids"].shape[1]
+    if position_ids is None:
+        position_ids = torch.arange(seq, device=vlm.device)[None]
+    eos = vlm.hf.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+
+    logits = out.logits[0, -1].float()
+    tokens: list[int] = []
+    steps: list[torch.Tensor] = []
+    cache = out.past_key_values if use_cache else None
+    embed = vlm.hf.get_input_embeddings()
+    for step in range(max_new_tokens):
+        if return_logits:
+            steps.append(logits.cpu())
+        token = int(logits.argmax())
+        if token in eos:
+            break
+        tokens.append(token)
+        if step == max_new_tokens - 1:
+            break
+        if use_cache:
+            hook = lambda j, m, a, k, step=step: state.decode(j, m, a, k, step)  # noqa: E731
+            state.install(hook)
+            try:
+                hidden = vlm.language_model(
+                    inputs_embeds=embed(torch.tensor([[token]], device=vlm.device)),
+                    position_ids=position_ids[..., -1:] + 1 + step, past_key_values=cache, use_cache=True,
+                ).last_hidden_state
+            finally:
+                state.remove()
+            logits = vlm.lm_head(hidden[0, -1]).float()
+        else:
+            logits = _uncached_step(vlm, inputs, tokens, schedule, visual, positions, state.kept)
+
+    return Generation(
+        tokens=tokens,
+        text=vlm.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+        n_visual=len(visual),
+        kept=[k.tolist() for k in state.kept],
+        visual_per_layer=[int(state.visual_mask[p].sum()) for p in state.layer_present],
+        tokens_per_layer=[len(p) for p in state.layer_present],
+        logits=steps,
+    )
+
+
+def _uncached_step(vlm: VisionLM, inputs: dict[str, torch.Tensor], tokens: list[int], schedule: Schedule,
+                   visual: torch.Tensor, positions: str, kept: list[torch.Tensor]) -> torch.Tensor:
+    """Next-token logits of prompt + ``tokens`` recomputed from scratch with the same kept tokens."""
+    from ..scan import append_answer
+
+    full = append_answer({k: v.cpu() for k, v in inputs.items()}, tokens)
+    full = {k: v.to(vlm.device) for k, v in full.items()}
+    replay = _Pruning(vlm, schedule, visual, positions, torch.Generator(), None, replay=kept)
+    replay.install(replay.prefill)
+    try:
+        return vlm.hf(**full, use_cache=False).logits[0, -1].float()
+    finally:
+        replay.remove()
