@@ -22,6 +22,8 @@ horizons               10.0 x 4.0 (two panels)                      1500 x 600
 capacity               6.4 x 4.0                                    960 x 600
 token heatmaps         (3.0 * min(n, 4) + 1.0) x (3.0 * rows + 0.7)  1950 x 555 for 4
 layer x group heatmap  6.4 x 4.0                                    960 x 600
+prune trade-off        11.0 x (4.2 + 3.6 * (rows - 1)), 8.0 wide    1650 x 630 for 1
+                       without hybrids (rows: (model, task) pairs)
 =====================  ===========================================  ==================
 
 Nothing here touches global matplotlib/seaborn state: styles are applied with
@@ -36,7 +38,7 @@ import math
 import re
 import textwrap
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+
+from .errors import HorizonError
 
 DPI = 150
 FIGSIZE = (6.4, 4.0)
@@ -89,6 +94,7 @@ __all__ = [
     "plot_layer_group_heatmap",
     "plot_token_heatmaps",
     "plot_uniformity",
+    "prune_tradeoff",
     "save",
     "spread_layers",
 ]
@@ -668,3 +674,263 @@ def _run_heatmaps(run: dict, metric: str, out_dir: Path, heatmap_layers: Sequenc
                                 image_root=Path(root) if root else None)
     paths += plot_layer_group_heatmap(scores, sid, metric, out_dir, model=model)
     return paths
+
+
+# --------------------------------------------------------------------------- token pruning
+
+# Fixed colour/marker slots for the pruning methods of horizon.prune.METHODS, so a method keeps its colour
+# across figures; other base methods follow in sorted order.
+PRUNE_METHODS = ("random", "fastv", "divprune", "dart", "vtw", "info")
+PRUNE_COLUMNS = ("method", "kind", "budget", "switch_layer", "avg_tokens", "accuracy")
+_PRUNE_KINDS = ("single", "hybrid")
+
+
+@dataclass(frozen=True)
+class _Horizon:
+    """One (model, task)'s information horizon: layer and CI (NaN when unknown) and the model depth."""
+
+    layer: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    n_layers: int | None = None
+
+    @property
+    def found(self) -> bool:
+        return _finite(self.layer)
+
+    @property
+    def switch(self) -> int | None:
+        """The horizon rounded up to a whole layer: the switch layer that starts pruning at the horizon."""
+        return math.ceil(self.layer) if self.found else None
+
+
+def _horizon_of(value: Mapping | None) -> _Horizon:
+    if value is None:
+        return _Horizon()
+    num = {k: float(value[k]) if _finite(value.get(k)) else math.nan for k in ("layer", "lo", "hi")}
+    n = value.get("n_layers")
+    return _Horizon(num["layer"], num["lo"], num["hi"], int(n) if _finite(n) else None)
+
+
+def _horizon_for(horizon: Mapping | None, pair: tuple) -> _Horizon:
+    """`horizon` is one horizon dict (every panel row) or a {(model, task): horizon dict} mapping."""
+    if horizon is None:
+        return _Horizon()
+    if any(k in horizon for k in ("layer", "lo", "hi", "n_layers")):
+        return _horizon_of(horizon)
+    return _horizon_of(horizon.get(pair))
+
+
+def _base_method(method: Any) -> str:
+    """The method before the first '+' ('divprune+random' -> 'divprune'): hybrids share its colour."""
+    return str(method).split("+", 1)[0].strip()
+
+
+def _method_styles(bases: Iterable[str]) -> dict[str, tuple[tuple, str]]:
+    """(colour, marker) per base method: PRUNE_METHODS in fixed slots, the rest after them, sorted."""
+    extra = sorted(set(bases) - set(PRUNE_METHODS))
+    slots = {b: i for i, b in enumerate((*PRUNE_METHODS, *extra))}
+    pal = sns.color_palette(PALETTE, 10)
+    return {b: (pal[i % len(pal)], MARKERS[i % len(MARKERS)]) for b, i in slots.items()}
+
+
+def _check_prune_results(results: Any) -> pd.DataFrame:
+    """A normalised copy of `results`: numeric columns as float, ``_pair`` = (model, task) (None when absent)."""
+    if not isinstance(results, pd.DataFrame):
+        raise HorizonError(f"prune results must be a pandas DataFrame, not {type(results).__name__}")
+    missing = [c for c in PRUNE_COLUMNS if c not in results.columns]
+    if missing:
+        raise HorizonError(f"prune results are missing column(s) {', '.join(missing)} "
+                           f"(need {', '.join(PRUNE_COLUMNS)})")
+    if results.empty:
+        raise HorizonError("prune results are empty: nothing to plot")
+    r = results.copy()
+    r["kind"] = r["kind"].astype(str).str.strip().str.lower()
+    bad = sorted(set(r["kind"]) - set(_PRUNE_KINDS))
+    if bad:
+        raise HorizonError(f"prune results: unknown kind(s) {', '.join(map(repr, bad))} (use 'single' or 'hybrid')")
+    for col in ("budget", "switch_layer", "avg_tokens", "accuracy", "accuracy_std", "n_seeds"):
+        if col in r.columns:
+            r[col] = pd.to_numeric(r[col], errors="coerce").astype(float)
+    no_switch = _order(r.loc[(r["kind"] == "hybrid") & r["switch_layer"].isna(), "method"])
+    if no_switch:
+        raise HorizonError(f"prune results: hybrid method(s) {', '.join(map(repr, no_switch))} have rows "
+                           "without a switch_layer")
+    r["method"] = r["method"].astype(str)
+
+    def key(col: str) -> list:
+        if col not in r.columns:
+            return [None] * len(r)
+        return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in r[col]]
+
+    r["_pair"] = list(zip(key("model"), key("task")))
+    return r
+
+
+def _pair_title(pair: tuple) -> str:
+    return " / ".join(str(v) for v in pair if v is not None)
+
+
+def _prune_line(ax, rows: pd.DataFrame, x: str, color, marker: str, hybrid: bool, label: str) -> Line2D:
+    """One method's line (markers; dashed and hollow for a hybrid) with ±std error bars where std > 0."""
+    rows = rows[np.isfinite(rows[x]) & np.isfinite(rows["accuracy"])].sort_values([x, "budget"], kind="stable")
+    style = {"color": color, "marker": marker, "ms": 5.5, "lw": 1.6, "ls": "--" if hybrid else "-",
+             "mfc": "white" if hybrid else color, "mec": color, "mew": 1.3}
+    ax.plot(rows[x], rows["accuracy"], label=label, zorder=3, **style)
+    if "accuracy_std" in rows.columns:
+        err = rows[np.isfinite(rows["accuracy_std"]) & (rows["accuracy_std"] > 0)]
+        if not err.empty:
+            ax.errorbar(err[x], err["accuracy"], yerr=err["accuracy_std"], fmt="none", ecolor=color, elinewidth=1.1,
+                        capsize=2.5, capthick=1.1, zorder=2)
+    return Line2D([], [], label=label, **style)
+
+
+def _hybrid_rows(rows: pd.DataFrame, h: _Horizon) -> tuple[pd.DataFrame, str]:
+    """A hybrid method's rows at the horizon's switch layer if it has any, else at its smallest switch layer.
+
+    Returns the rows and the legend note saying which.
+    """
+    if h.found:
+        at = rows[rows["switch_layer"] == h.switch]
+        if not at.empty:
+            return at, f"switch {h.switch} = horizon"
+    first = float(rows["switch_layer"].min())
+    return rows[rows["switch_layer"] == first], f"switch {first:g}, earliest"
+
+
+def _median_budget(budgets: Iterable[float]) -> float | None:
+    """The median of the budgets present; with an even count, the lower middle one (a budget that exists)."""
+    vals = sorted({float(b) for b in budgets if _finite(b)})
+    return vals[(len(vals) - 1) // 2] if vals else None
+
+
+def _prune_row(ax_tok, ax_sw, rp: pd.DataFrame, h: _Horizon, unpruned: float | None, pair: tuple,
+               styles: dict) -> list:
+    """Draw one (model, task)'s panels; return its legend handles."""
+    singles, hybrids = rp[rp["kind"] == "single"], rp[rp["kind"] == "hybrid"]
+    order = {b: i for i, b in enumerate(styles)}
+
+    def methods(frame: pd.DataFrame) -> list[str]:
+        return sorted(_order(frame["method"]), key=lambda m: (order[_base_method(m)], m))
+
+    handles: list = []
+    for m in methods(singles):
+        col, mk = styles[_base_method(m)]
+        handles.append(_prune_line(ax_tok, singles[singles["method"] == m], "avg_tokens", col, mk, False, m))
+    for m in methods(hybrids):
+        col, mk = styles[_base_method(m)]
+        rows, note = _hybrid_rows(hybrids[hybrids["method"] == m], h)
+        handles.append(_prune_line(ax_tok, rows, "avg_tokens", col, mk, True, f"{m} ({note})"))
+    ax_tok.set_xlabel("average visual tokens per layer")
+    ax_tok.set_ylabel("accuracy")
+    who = _pair_title(pair)
+    _title(ax_tok, f"{who}: accuracy vs visual tokens" if who else "accuracy vs visual tokens")
+
+    if ax_sw is not None:
+        budget = _median_budget(hybrids["budget"])
+        at = hybrids[hybrids["budget"] == budget] if budget is not None else hybrids.iloc[:0]
+        for m in methods(at):
+            col, mk = styles[_base_method(m)]
+            _prune_line(ax_sw, at[at["method"] == m], "switch_layer", col, mk, True, m)
+        if h.found:
+            if _finite(h.lo) and _finite(h.hi):
+                ax_sw.axvspan(min(h.lo, h.hi), max(h.lo, h.hi), color="0.5", alpha=0.18, lw=0, zorder=0)
+            ax_sw.axvline(h.layer, color="0.25", ls="--", lw=1.3, zorder=1, label="information horizon")
+        else:
+            ax_sw.text(0.5, 0.04, "no horizon found", transform=ax_sw.transAxes, ha="center", va="bottom",
+                       fontsize="small", color="0.3")
+        ax_sw.set_xlabel("switch layer (random pruning from this decoder layer)")
+        ax_sw.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_sw.tick_params(axis="y", labelleft=True)
+        depth = f", L = {h.n_layers}" if h.n_layers else ""
+        what = f"hybrids at budget {budget:g}{depth}" if budget is not None else "hybrids"
+        _title(ax_sw, f"{who}: accuracy vs switch layer ({what})" if who else f"accuracy vs switch layer ({what})")
+
+    if _finite(unpruned):
+        for ax in (ax_tok, ax_sw):
+            if ax is not None:
+                ax.axhline(float(unpruned), color="0.2", ls=":", lw=1.4, zorder=1, label="no pruning")
+        handles.append(Line2D([], [], color="0.2", ls=":", lw=1.4, label="no pruning"))
+    if ax_sw is not None and h.found:
+        band = _finite(h.lo) and _finite(h.hi)
+        line = Line2D([], [], color="0.25", ls="--", lw=1.3, label="information horizon")
+        handles.append((Patch(color="0.5", alpha=0.18, lw=0), line) if band else line)
+    return handles
+
+
+def _prune_tradeoff_figure(results: pd.DataFrame, *, horizon: Mapping | None = None,
+                           unpruned: float | None = None) -> Figure:
+    """The figure that :func:`prune_tradeoff` saves (still open: the caller closes it).
+
+    One row of panels per (model, task); each row has its own legend outside
+    its right-hand panel, since a hybrid's switch layer can differ per row.
+    """
+    r = _check_prune_results(results)
+    pairs = _order(r["_pair"])
+    has_hybrid = bool((r["kind"] == "hybrid").any())
+    styles = _method_styles(_base_method(m) for m in r["method"])
+    ncols, nrows = (2 if has_hybrid else 1), len(pairs)
+    width = 11.0 if has_hybrid else FIGSIZE[0] + 1.6
+    with _style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, 4.2 + 3.6 * (nrows - 1)), dpi=DPI,
+                                 layout="constrained", squeeze=False, sharey="row")
+        try:
+            for row, pair in zip(axes, pairs):
+                rp = r[[p == pair for p in r["_pair"]]]
+                h = _horizon_for(horizon, pair)
+                handles = _prune_row(row[0], row[1] if has_hybrid else None, rp, h, unpruned, pair, styles)
+                labels = [h_.get_label() if isinstance(h_, Line2D) else "information horizon" for h_ in handles]
+                row[-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small",
+                               borderaxespad=0.0)
+            notes = []
+            if has_hybrid:
+                notes.append("solid: one stage; dashed, hollow: hybrid (shallow method, then random from the "
+                             "switch layer)")
+            std = r["accuracy_std"] if "accuracy_std" in r.columns else pd.Series(dtype=float)
+            if (std > 0).any():
+                seeds = sorted({int(n) for n in r.get("n_seeds", pd.Series(dtype=float)) if _finite(n) and n > 1})
+                over = "" if not seeds else (f" over {seeds[0]} seeds" if len(seeds) == 1
+                                             else f" over {seeds[0]}–{seeds[-1]} seeds")
+                notes.append(f"error bars: ±1 s.d.{over}")
+            note = "\n" + "; ".join(notes) if notes else ""
+            _suptitle(fig, f"Token pruning: accuracy vs visual tokens kept{note}")
+        except BaseException:
+            plt.close(fig)
+            raise
+    return fig
+
+
+def prune_tradeoff(results: pd.DataFrame, out: str | Path, *, horizon: Mapping | None = None,
+                   unpruned: float | None = None, name: str = "prune_tradeoff") -> list[Path]:
+    """Accuracy of token-pruning schedules: vs visual tokens kept and, for hybrids, vs switch layer.
+
+    `results` has one row per evaluated schedule with columns ``method``,
+    ``kind`` ("single" or "hybrid"), ``budget``, ``switch_layer`` (NaN for
+    singles), ``avg_tokens``, ``accuracy`` and optionally ``accuracy_std``,
+    ``n_seeds``, ``schedule``, ``model`` and ``task``; each (model, task) pair
+    gets its own row of panels, titled "model / task".
+
+    Left panel: accuracy vs average visual tokens per layer, one line per
+    method (solid: single stage, dashed: hybrid), ±std error bars where std > 0.
+    A hybrid is drawn at the horizon's switch layer (the horizon rounded up)
+    when it has rows there, else at its smallest switch layer; its legend
+    label says which. Right panel (only when there are hybrids): accuracy vs
+    switch layer at the median budget present, with the horizon as a dashed
+    vertical line over its CI band, or the note "no horizon found".
+
+    `horizon` is ``{"layer", "lo", "hi", "n_layers"}`` (values may be None or
+    NaN when no horizon was found) for every row of panels, or a mapping from
+    ``(model, task)`` to such a dict. `unpruned` is the unpruned accuracy, a
+    dotted "no pruning" line. One colour (and marker) per base method, the
+    part before "+", so a hybrid shares its shallow method's colour.
+
+    Size: 11.0 x (4.2 + 3.6 * (rows - 1)) inches, 8.0 wide without hybrids.
+    Writes ``out/{name}.png`` and ``out/{name}.pdf``; raises
+    :class:`~horizon.errors.HorizonError` naming any missing column.
+    """
+    fig = _prune_tradeoff_figure(results, horizon=horizon, unpruned=unpruned)
+    try:
+        with _style():
+            return save(fig, Path(out), name)
+    finally:
+        plt.close(fig)

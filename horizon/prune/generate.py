@@ -235,7 +235,8 @@ def generate(
     seen, grab = _first_position(vlm, inputs)
     state.install(state.prefill)
     try:
-        out = vlm.hf(**inputs, use_cache=use_cache)
+        # Only the last position's logits are needed (as in transformers' generate).
+        out = vlm.hf(**inputs, use_cache=use_cache, logits_to_keep=1)
     finally:
         state.remove()
         grab.remove()
@@ -298,6 +299,6 @@ def _uncached_step(vlm: VisionLM, inputs: dict[str, torch.Tensor], tokens: list[
     replay = _Pruning(vlm, schedule, visual, positions, torch.Generator(), None, replay=kept)
     replay.install(replay.prefill)
     try:
-        return vlm.hf(**full, use_cache=False).logits[0, -1].float()
+        return vlm.hf(**full, use_cache=False, logits_to_keep=1).logits[0, -1].float()
     finally:
         replay.remove()
