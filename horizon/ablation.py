@@ -101,14 +101,17 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
 
 
 def plan_batches(
-    ablations: Sequence[Ablation], batch_size: int, seq_len: int | None = None, max_waste: float = 0.1
+    ablations: Sequence[Ablation], batch_size: int, seq_len: int | None = None, max_waste: float = 0.1,
+    min_gap: int = 32,
 ) -> list[list[int]]:
     """Indices of ablations per batch: one layer per batch, neighbours by first removed position.
 
     A batch shares one reused prefix, the earliest removed position among its
     rows; rows whose own removal starts later recompute the gap. With
     ``seq_len`` a batch is closed once that gap would exceed ``max_waste`` of
-    the recomputed length, so prefix reuse keeps paying on large batches.
+    the recomputed length, so prefix reuse keeps paying on large batches. Gaps
+    up to ``min_gap`` positions are always accepted: on short sequences a few
+    recomputed positions cost less than another traced pass.
     """
     order = sorted(range(len(ablations)), key=lambda i: (ablations[i].layer, ablations[i].removed[:1]))
     batches: list[list[int]] = []
@@ -119,7 +122,7 @@ def plan_batches(
             batches
             and len(batches[-1]) < batch_size
             and ablations[batches[-1][0]].layer == ablations[i].layer
-            and (seq_len is None or first - prefix <= max_waste * (seq_len - prefix))
+            and (seq_len is None or first - prefix <= max(max_waste * (seq_len - prefix), min_gap))
         ):
             batches[-1].append(i)
         else:

@@ -109,6 +109,73 @@ def _zoo_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_config(args: argparse.Namespace, schedule: str = "none"):
+    from .prune.evaluate import PruneConfig
+
+    cfg = PruneConfig(
+        schedule=schedule, positions=args.positions, switch_at=getattr(args, "switch_at", None),
+        summary=args.summary, horizon_metric=args.horizon_metric, horizon_model=args.horizon_model,
+        horizon_task=args.horizon_task, seeds=args.seeds, seed=args.seed, max_new_tokens=args.max_new_tokens,
+        metric=args.metric, info_run=getattr(args, "info_run", None), limit=args.limit, on_error=args.on_error,
+    )
+    cfg.validate()
+    return cfg
+
+
+def _load_for_eval(args: argparse.Namespace):
+    from .model import load
+    from .prune.readers import read_eval
+
+    evalset = read_eval(args.data, answers=args.answers, image_folder=args.image_folder, format=args.format)
+    vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+               allow_unsafe_weights=args.allow_unsafe_weights)
+    return vlm, evalset
+
+
+def _prune_eval(args: argparse.Namespace) -> int:
+    from .prune.evaluate import prune_eval
+
+    cfg = _prune_config(args, args.schedule)
+    vlm, evalset = _load_for_eval(args)
+    result = prune_eval(vlm, evalset, out=args.out, resume=args.resume, config=cfg, progress=not args.quiet)
+    s = result.summary
+    if s.get("n_samples", 0) == 0:
+        raise HorizonError(f"no sample could be evaluated; see {args.out}/predictions.jsonl")
+    spread = f" ± {s['accuracy_std']:.3f} over {s['n_seeds']} seeds" if s["n_seeds"] > 1 else ""
+    print(f"{s['metric']} accuracy {s['accuracy']:.3f}{spread} on {s['n_samples']} samples; "
+          f"{s['avg_visual_tokens']:.1f} of {s['n_visual']:.0f} visual tokens per layer on average; "
+          f"prefill FLOPs {s['relative_flops']:.1%} of unpruned; {s['seconds_per_sample']:.3f} s per answer")
+    for task in s["tasks"]:
+        print(f"  {task['task']}: {task['accuracy']:.3f} ({task['n_samples']} samples, "
+              f"{task['avg_visual_tokens']:.1f} visual tokens)")
+    print(f"predictions and summary in {args.out}")
+    return 0
+
+
+def _prune_grid(args: argparse.Namespace) -> int:
+    from .prune.grid import GridConfig, parse_switch_layers, prune_grid
+
+    grid = GridConfig(
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        budgets=tuple(_ints(args.budgets, "--budgets")), prune_layer=args.prune_layer,
+        switch_layers=parse_switch_layers(args.switch_layers), deep_keep=args.deep_keep,
+        singles=not args.no_singles, hybrids=not args.no_hybrids, eval=_prune_config(args),
+    )
+    vlm, evalset = _load_for_eval(args)
+    frame = prune_grid(vlm, evalset, args.out, grid, progress=not args.quiet)
+    cols = ["task", "method", "budget", "switch_layer", "avg_tokens", "accuracy", "accuracy_std"]
+    print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"grid.csv and prune_tradeoff figures in {args.out}")
+    return 0
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise HorizonError(f"{flag} {text!r}: expected comma-separated integers") from None
+
+
 def _log_to(run_dir: Path | None) -> None:
     if run_dir is None:
         return
@@ -122,7 +189,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=Path(args.out), runs=Path(args.runs), limit=args.limit, n_boot=args.n_boot,
-                        n_perm=args.n_perm))
+                        n_perm=args.n_perm, prune=not args.no_prune, prune_limit=args.prune_limit))
     print(f"figures and summary in {args.out}; runs in {args.runs}")
     return 0
 
@@ -188,10 +255,59 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N samples per task")
     zt.set_defaults(func=_zoo_train)
 
+    def eval_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="hub id or local checkpoint directory")
+        p.add_argument("--data", required=True, help="questions: DESIGN §4 JSONL or a LLaVA eval JSONL")
+        p.add_argument("--answers", default=None, help="ground truth for LLaVA eval files (TextVQA json, MME "
+                       "release folder, POPE coco_pope_*.json folder)")
+        p.add_argument("--image-folder", default=None, help="images of a LLaVA eval file")
+        p.add_argument("--format", default="auto", choices=["auto", "jsonl", "textvqa", "mme", "pope"])
+        p.add_argument("--out", required=True, help="output directory (resumable)")
+        p.add_argument("--positions", default="original", choices=["original", "renumber"],
+                       help="position ids after pruning: original (default) or renumbered 0..n-1")
+        p.add_argument("--summary", default=None, help="summary.json of horizon analyze (for the horizon)")
+        p.add_argument("--horizon-metric", default="dlogp", help="which metric's horizon (default: dlogp)")
+        p.add_argument("--horizon-model", default=None, help="the model's name in summary.json")
+        p.add_argument("--horizon-task", default=None, help="take every sample's horizon from this task")
+        p.add_argument("--metric", default="auto", choices=["auto", "exact", "vqa", "mme", "pope"])
+        p.add_argument("--seeds", type=int, default=None, help="seeds for random stages (default 3)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-new-tokens", type=int, default=16)
+        p.add_argument("--limit", type=int, default=None, help="first N samples only")
+        p.add_argument("--on-error", default="stop", choices=["stop", "skip"])
+        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+        p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+        p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+        p.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle (.bin) weights")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    pe = sub.add_parser("prune-eval", help="greedy answers with a pruning schedule applied, scored")
+    eval_options(pe)
+    pe.add_argument("--schedule", required=True,
+                    help="stages method@layer:keep, e.g. divprune@0:284,random@20:38 (or none)")
+    pe.add_argument("--switch-at", default=None, help="'horizon' (needs --summary) or a layer: where the "
+                    "schedule's random stage goes")
+    pe.add_argument("--info-run", default=None, help="scan run directory supplying scores for info stages")
+    pe.add_argument("--resume", action="store_true", help="continue a killed evaluation (same configuration)")
+    pe.set_defaults(func=_prune_eval)
+
+    pg = sub.add_parser("prune-grid", help="methods x budgets x switch layers; accuracy vs visual tokens")
+    eval_options(pg)
+    pg.add_argument("--methods", default="random,fastv,divprune,dart")
+    pg.add_argument("--budgets", default="192,128,64", help="visual tokens kept by the first stage")
+    pg.add_argument("--prune-layer", type=int, default=2, help="layer of the first stage (default: 2)")
+    pg.add_argument("--switch-layers", default="horizon", help="layers (or 'horizon') of the hybrids' random stage")
+    pg.add_argument("--deep-keep", type=int, default=None, help="tokens the random stage keeps (default: budget/4)")
+    pg.add_argument("--no-singles", action="store_true", help="skip the single-stage schedules")
+    pg.add_argument("--no-hybrids", action="store_true", help="skip the method+random hybrids")
+    pg.set_defaults(func=_prune_grid)
+
     d = sub.add_parser("demo", help="end to end on the embedded default")
     d.add_argument("--out", default="figures", help="figures and summary tables (default: figures)")
     d.add_argument("--runs", default="demo-run", help="scan run directories, resumable (default: demo-run)")
     d.add_argument("--limit", type=int, default=40, help="samples per task (default: 40)")
+    d.add_argument("--prune-limit", type=int, default=16, help="samples per task in the pruning grid (default: 16)")
+    d.add_argument("--no-prune", action="store_true", help="skip the pruning grid")
     d.add_argument("--n-boot", type=int, default=1000)
     d.add_argument("--n-perm", type=int, default=1000)
     d.set_defaults(func=_demo)

@@ -31,6 +31,14 @@ class DemoConfig:
     group: int = 1
     n_boot: int = 1000
     n_perm: int = 1000
+    # pruning comparison: one model, two tasks, methods x budgets x switch layers
+    prune: bool = True
+    prune_model: str = "llava-l"
+    prune_tasks: tuple[str, ...] = ("ocr", "colour")
+    prune_limit: int = 16
+    prune_budgets: tuple[int, ...] = (27, 18, 9)
+    prune_layer: int = 2
+    prune_switch: tuple[str | int, ...] = ("horizon", 9)
 
 
 def zoo_models(data: Path) -> list[Path]:
@@ -155,7 +163,55 @@ def run_demo(cfg: DemoConfig) -> dict:
     for metric in sorted(summary.metric.unique()):
         lines.append(f"\n{metric}:")
         lines += ["  " + a for a in answers(result["comparisons"], summary, names, metric)]
+    if cfg.prune:
+        lines += prune_demo(cfg)
     text = "\n".join(lines)
     print(text)
     (cfg.out / "demo.txt").write_text(text.lstrip() + "\n")
     return result
+
+
+def prune_demo(cfg: DemoConfig) -> list[str]:
+    """Prune one zoo model with every method, budget and switch layer; plot and read the result."""
+    from .data import read_jsonl
+    from .model import load
+    from .prune.evaluate import PruneConfig
+    from .prune.grid import GridConfig, prune_grid
+    from .prune.readers import EvalSet
+
+    model_dir = cfg.data / "zoo" / cfg.prune_model
+    files = task_files(cfg.data)
+    samples = [s for t in cfg.prune_tasks if t in files for s in read_jsonl(files[t])[: cfg.prune_limit]]
+    if not model_dir.is_dir() or not samples:
+        return [f"\npruning: skipped (no {model_dir} or no {', '.join(cfg.prune_tasks)} test sets)"]
+    print(f"prune {cfg.prune_model} on {', '.join(cfg.prune_tasks)} ({cfg.prune_limit} samples each) -> "
+          f"{cfg.runs / ('prune-' + cfg.prune_model)}")
+    grid = GridConfig(methods=("random", "fastv", "divprune", "dart"), budgets=cfg.prune_budgets,
+                      prune_layer=cfg.prune_layer, switch_layers=cfg.prune_switch,
+                      eval=PruneConfig(summary=cfg.out / "summary.json", horizon_metric="dlogp",
+                                       max_new_tokens=3))
+    vlm = load(model_dir, dtype="float32", device="cpu")
+    frame = prune_grid(vlm, EvalSet(samples, "exact", "jsonl"), cfg.runs / f"prune-{cfg.prune_model}", grid,
+                       progress=False, figures=cfg.out)
+    frame.to_csv(cfg.out / "prune_grid.csv", index=False, float_format="%.6g")
+    return prune_reading(frame, cfg.prune_layer)
+
+
+def prune_reading(frame: pd.DataFrame, prune_layer: int) -> list[str]:
+    """What the pruning grid says, per task, in plain words."""
+    lines = ["\npruning (exact-match accuracy; random stages: mean of 3 seeds):"]
+    for task, sub in frame.groupby("task"):
+        none = sub[sub.kind == "none"].accuracy
+        lines.append(f"  {task}: unpruned {none.iloc[0]:.2f}" if len(none) else f"  {task}:")
+        singles = sub[sub.kind == "single"]
+        for budget, rows in singles.groupby("budget"):
+            best = rows.sort_values("accuracy", ascending=False)
+            parts = ", ".join(f"{r.method} {r.accuracy:.2f}" for r in best.itertuples())
+            lines.append(f"    keep {int(budget)} from layer {prune_layer}: {parts}")
+        hybrids = sub[sub.kind == "hybrid"]
+        for (budget, switch), rows in hybrids.groupby(["budget", "switch_layer"]):
+            tag = " = horizon" if (rows.switch == "horizon").all() else ""
+            parts = ", ".join(f"{r.method} {r.accuracy:.2f}" for r in rows.sort_values("accuracy",
+                                                                                      ascending=False).itertuples())
+            lines.append(f"    keep {int(budget)}, then random from layer {int(switch)}{tag}: {parts}")
+    return lines

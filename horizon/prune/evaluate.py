@@ -1,0 +1,451 @@
+"""`prune_eval`: greedy answers under a pruning schedule, scored, with cost.
+
+One evaluation directory holds ``eval.json`` (the configuration and its hash),
+``predictions.jsonl`` (one line per sample and seed, appended and flushed as
+each finishes, so a killed run keeps its work and ``resume`` continues) and
+``summary.json`` / ``summary.csv`` (accuracy, average visual tokens per layer,
+prefill FLOPs and wall time, overall and per task; random schedules as
+mean ± std over seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data import Sample
+from ..errors import HorizonError, SampleError
+from ..model import VisionLM, load
+from ..store import atomic_write_bytes
+from .generate import Generation, generate, prefill_flops, sample_seed
+from .metrics import exact_match, mme_scores, pope_scores, vqa_accuracy, yes_no
+from .readers import EvalSet, read_eval
+from .schedule import Schedule, parse_schedule
+
+log = logging.getLogger("horizon")
+
+METRICS = ("auto", "exact", "vqa", "mme", "pope")
+HASHED = ("model", "data", "schedule", "switch_at", "horizon", "positions", "seeds", "seed", "max_new_tokens",
+          "metric", "info_run", "dtype")
+
+
+@dataclass
+class PruneConfig:
+    """How to evaluate one schedule. ``schedule`` is ``method@layer:keep,...`` or ``none``."""
+
+    schedule: str = "none"
+    positions: str = "original"  # original | renumber
+    switch_at: str | int | None = None  # "horizon" or a layer: where the schedule's random stage goes
+    summary: str | Path | None = None  # summary.json of `horizon analyze`, for switch_at="horizon"
+    horizon_metric: str = "dlogp"
+    horizon_model: str | None = None  # the model's name in summary.json (default: as analyze names it)
+    horizon_task: str | None = None  # the task to take the horizon of (default: each sample's task)
+    seeds: int | None = None  # None: 3 when the schedule has a random stage, else 1
+    seed: int = 0
+    max_new_tokens: int = 16
+    metric: str = "auto"
+    info_run: str | Path | None = None  # scan run directory for `info` stages
+    info_metric: str | None = None
+    limit: int | None = None
+    on_error: str = "stop"
+
+    def validate(self) -> None:
+        if self.metric not in METRICS:
+            raise HorizonError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.positions not in ("original", "renumber"):
+            raise HorizonError(f"--positions must be original or renumber, got {self.positions!r}")
+        if self.seeds is not None and self.seeds < 1:
+            raise HorizonError(f"--seeds must be positive, got {self.seeds}")
+        if self.max_new_tokens < 1:
+            raise HorizonError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        if self.on_error not in ("stop", "skip"):
+            raise HorizonError(f"--on-error must be stop or skip, got {self.on_error!r}")
+        if self.switch_at == "horizon" and not self.summary:
+            raise HorizonError("--switch-at horizon needs --summary SUMMARY.json (from horizon analyze)")
+        if self.switch_at is not None and self.switch_at != "horizon":
+            try:
+                self.switch_at = int(self.switch_at)
+            except ValueError:
+                raise HorizonError(f"--switch-at must be 'horizon' or a layer number, got {self.switch_at!r}") from None
+
+
+@dataclass
+class PruneResult:
+    predictions: pd.DataFrame
+    summary: dict[str, Any]
+    out: Path | None = None
+    tasks: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def model_label(vlm: VisionLM) -> str:
+    """The model's name as `horizon analyze` writes it in summary.json."""
+    path = Path(vlm.source)
+    return path.name if path.exists() or path.is_absolute() else vlm.source
+
+
+# -- schedules per sample ------------------------------------------------------
+
+def read_horizons(path: str | Path, model: str, metric: str) -> dict[str, float | None]:
+    """task -> horizon layer (None: information never vanished) for ``model`` in a summary.json."""
+    path = Path(path)
+    if not path.is_file():
+        raise HorizonError(f"--summary {path}: file not found")
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HorizonError(f"--summary {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"model", "task", "metric", "horizon"} <= r.keys()
+                                                for r in records):
+        raise HorizonError(f"--summary {path}: expected the summary.json list written by horizon analyze")
+    found = {str(r["task"]): r["horizon"] for r in records if str(r["model"]) == model and r["metric"] == metric}
+    if not found:
+        models = sorted({str(r["model"]) for r in records})
+        raise HorizonError(f"--summary {path}: no {metric!r} horizon for model {model!r}; it has models "
+                           f"{', '.join(models)} (choose with --horizon-model)")
+    return found
+
+
+class Schedules:
+    """The schedule each sample runs: the same text, with the random stage at its task's horizon if asked."""
+
+    def __init__(self, cfg: PruneConfig, vlm: VisionLM):
+        self.cfg, self.n_layers = cfg, vlm.n_layers
+        self.text = cfg.schedule.strip()
+        self.horizons: dict[str, float | None] = {}
+        if cfg.switch_at == "horizon":
+            self.horizons = read_horizons(cfg.summary, cfg.horizon_model or model_label(vlm), cfg.horizon_metric)
+
+    def switch_layer(self, task: str) -> int | None:
+        if self.cfg.switch_at is None:
+            return None
+        if self.cfg.switch_at != "horizon":
+            return int(self.cfg.switch_at)
+        task = self.cfg.horizon_task or task
+        if task not in self.horizons:
+            raise HorizonError(f"--summary {self.cfg.summary}: no horizon for task {task!r}; it has "
+                               f"{', '.join(sorted(self.horizons))} (map with --horizon-task)")
+        h = self.horizons[task]
+        if h is None:
+            raise HorizonError(f"--summary {self.cfg.summary}: task {task!r} has no horizon (information does not "
+                               "vanish within the model); choose a layer with --switch-at N")
+        return int(math.ceil(h))
+
+    def text_for(self, task: str) -> str:
+        """The schedule text with the random stage moved to the switch layer."""
+        if self.text in ("", "none"):
+            if self.cfg.switch_at is not None:
+                raise HorizonError("--switch-at moves the schedule's random stage, but --schedule is none")
+            return ""
+        layer = self.switch_layer(task)
+        if layer is None:
+            return self.text
+        parts = [p.strip() for p in self.text.split(",")]
+        randoms = [i for i, p in enumerate(parts) if p.startswith("random@")]
+        if not randoms:
+            raise HorizonError(f"--switch-at: --schedule {self.text!r} has no random stage to move")
+        i = randoms[-1]
+        parts[i] = f"random@{layer}:{parts[i].split(':')[-1]}"
+        return ",".join(parts)
+
+    def for_sample(self, task: str, n_visual: int) -> Schedule:
+        text = self.text_for(task)
+        if not text:
+            return Schedule(())
+        try:
+            return parse_schedule(text, self.n_layers, n_visual)
+        except HorizonError as exc:
+            where = f" (random stage at the {task!r} horizon)" if self.cfg.switch_at == "horizon" else ""
+            raise HorizonError(f"{exc}{where}") from None
+
+
+def has_random(schedule_text: str) -> bool:
+    return "random@" in schedule_text
+
+
+# -- info stages ------------------------------------------------------------------
+
+class InfoScores:
+    """Per-position information from a scan run, for ``info`` stages."""
+
+    def __init__(self, run: str | Path, metric: str | None):
+        from ..store import read_run
+
+        data = read_run(run)
+        self.run = Path(run)
+        self.samples = data["samples"].set_index("sample_id")
+        scores = data["scores"]
+        present = list(scores.metric.unique())
+        self.metric = metric or next((m for m in ("dlogp", "kl", "gain_logp", "dprob", "gain_prob") if m in present),
+                                     None)
+        if self.metric not in present:
+            raise HorizonError(f"--info-run {run}: no {self.metric!r} scores (it has {', '.join(map(str, present))})")
+        self.scores = scores[scores.metric == self.metric].set_index("sample_id")
+        self.groups = data["groups"].set_index("sample_id")
+
+    def for_sample(self, sample_id: str, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
+        if sample_id not in self.samples.index:
+            raise SampleError(sample_id, f"not in the --info-run {self.run}")
+        scanned = list(self.samples.loc[sample_id, "input_ids"])
+        prompt = input_ids[0].tolist()
+        if scanned[: len(prompt)] != prompt:
+            raise SampleError(sample_id, f"its prompt differs from the one scanned in {self.run}")
+        groups = self.groups.loc[[sample_id]]
+        scores = self.scores.loc[[sample_id]]
+        out: dict[int, torch.Tensor] = {}
+        for layer, frame in scores.groupby("layer"):
+            info = torch.full((len(prompt),), float("nan"))
+            value = dict(zip(frame.group.astype(int), frame.value.astype(float)))
+            for g, positions in zip(groups.group.astype(int), groups.positions):
+                info[list(positions)] = value.get(g, float("nan"))
+            out[int(layer)] = info
+        return out
+
+
+# -- scoring -----------------------------------------------------------------------
+
+def resolve_metric(metric: str, evalset: EvalSet) -> str:
+    return evalset.metric if metric == "auto" else metric
+
+
+def sample_score(metric: str, prediction: str, sample: Sample) -> float:
+    if metric == "exact":
+        return exact_match(prediction, sample.answers)
+    if metric == "vqa":
+        return vqa_accuracy(prediction, sample.answers)
+    return float(yes_no(prediction) == sample.answer.strip().lower())
+
+
+def score_frame(metric: str, frame: pd.DataFrame) -> dict[str, float]:
+    """The metric's numbers over one seed's predictions; ``accuracy`` is the headline."""
+    if metric == "mme":
+        s = mme_scores(list(frame.pair), list(frame.prediction), [a[0] for a in frame.answers])
+        return {"accuracy": s["acc"], "acc_plus": s["acc_plus"], "mme_score": s["score"]}
+    if metric == "pope":
+        s = pope_scores(list(frame.prediction), [a[0] for a in frame.answers])
+        return {**s, "accuracy": s["accuracy"]}
+    return {"accuracy": float(frame.score.mean())}
+
+
+def summarize(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per task (and ``all``): metric mean and std over seeds, cost means."""
+    rows = []
+    ok = predictions[predictions.status == "ok"]
+    for task, frame in [("all", ok), *sorted(ok.groupby("task"))]:
+        if frame.empty:
+            continue
+        per_seed = pd.DataFrame([{"seed": s, **score_frame(metric, f)} for s, f in frame.groupby("seed")])
+        row: dict[str, Any] = {"task": task, "n_samples": int(frame.sample_id.nunique()),
+                               "n_seeds": len(per_seed)}
+        for col in per_seed.columns.drop("seed"):
+            row[col] = float(per_seed[col].mean())
+            row[f"{col}_std"] = float(per_seed[col].std(ddof=1)) if len(per_seed) > 1 else 0.0
+        row.update({
+            "avg_visual_tokens": float(frame.avg_visual_tokens.mean()),
+            "n_visual": float(frame.n_visual.mean()),
+            "prefill_tflops": float(frame.prefill_flops.mean() / 1e12),
+            "relative_flops": float(frame.relative_flops.mean()),
+            "seconds_per_sample": float(frame.seconds.mean()),
+            "wall_seconds": float(frame.seconds.sum()),
+            "n_errors": int((predictions[predictions.task == task].status != "ok").sum()) if task != "all"
+            else int((predictions.status != "ok").sum()),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- the evaluation directory -----------------------------------------------------------
+
+class EvalStore:
+    """eval.json + append-only predictions.jsonl + summary; resumable."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.predictions = self.path / "predictions.jsonl"
+
+    def open(self, config: dict[str, Any], resume: bool) -> list[dict[str, Any]]:
+        import hashlib
+
+        config = {**config, "config_hash": hashlib.sha256(json.dumps({k: config.get(k) for k in HASHED},
+                                                                      sort_keys=True, default=str).encode()).hexdigest()[:16]}
+        meta = self.path / "eval.json"
+        if meta.exists():
+            if not resume:
+                raise HorizonError(f"{self.path} already holds an evaluation; pass --resume to continue it or "
+                                   "choose another --out")
+            old = json.loads(meta.read_text())
+            if old.get("config_hash") != config["config_hash"]:
+                diff = [k for k in HASHED if old.get(k) != config.get(k)]
+                detail = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
+                raise HorizonError(f"cannot resume {self.path}: configuration differs ({detail})")
+            return self._read()
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(meta, (json.dumps(config, indent=2, default=str) + "\n").encode())
+        self.predictions.write_text("")
+        return []
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.predictions.exists():
+            return []
+        rows, good = [], 0
+        data = self.predictions.read_bytes()
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # a line cut off by a kill: dropped, its sample reruns
+            rows.append(json.loads(line))
+            good += len(line)
+        if good != len(data):
+            with open(self.predictions, "r+b") as fh:
+                fh.truncate(good)
+        return rows
+
+    def add(self, row: dict[str, Any]) -> None:
+        with open(self.predictions, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def finish(self, summary: dict[str, Any], tasks: pd.DataFrame) -> None:
+        atomic_write_bytes(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write_bytes(self.path / "summary.csv", tasks.to_csv(index=False).encode())
+
+
+# -- the verb -------------------------------------------------------------------------------
+
+def prune_eval(
+    model: VisionLM | str | Path,
+    data: str | Path | EvalSet | Iterable[Sample],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    answers: str | Path | None = None,
+    image_folder: str | Path | None = None,
+    data_format: str = "auto",
+    config: PruneConfig | None = None,
+    **options: Any,
+) -> PruneResult:
+    """Generate greedy answers with a pruning schedule applied, score them, and measure cost.
+
+    ``prune_eval(model, "data.jsonl", schedule="divprune@0:284,random@20:38")``.
+    ``data`` is a question file (DESIGN §4 JSONL or a LLaVA eval file, with
+    ``answers`` / ``image_folder`` as they need), an :class:`EvalSet`, or
+    Samples. Options are the fields of :class:`PruneConfig`.
+    """
+    from ..scan import encode_sample
+
+    cfg = config or PruneConfig(**options)
+    cfg.validate()
+    vlm = model if isinstance(model, VisionLM) else load(model)
+    if isinstance(data, EvalSet):
+        evalset = data
+    elif isinstance(data, (str, Path)):
+        evalset = read_eval(data, answers=answers, image_folder=image_folder, format=data_format)
+    else:
+        evalset = EvalSet(list(data), "exact", "samples")
+    metric = resolve_metric(cfg.metric, evalset)
+    samples = evalset.samples[: cfg.limit] if cfg.limit else evalset.samples
+    schedules = Schedules(cfg, vlm)
+    n_seeds = cfg.seeds or (3 if has_random(cfg.schedule) else 1)
+    seeds = [cfg.seed + i for i in range(n_seeds)]
+    info = InfoScores(cfg.info_run, cfg.info_metric) if cfg.info_run else None
+    if "info@" in cfg.schedule and info is None:
+        raise HorizonError(f"--schedule {cfg.schedule!r} has an info stage: give the scan run with --info-run")
+    text_cfg = vlm.language_model.config
+
+    meta = {
+        "horizon_version": __version__, "model": vlm.source, "data": str(data) if isinstance(data, (str, Path)) else None,
+        "format": evalset.format, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
+        "horizon": {t: schedules.text_for(t) for t in sorted({s.task for s in samples})} if cfg.switch_at else None,
+        "positions": cfg.positions, "seeds": seeds, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
+        "metric": metric, "info_run": str(cfg.info_run) if cfg.info_run else None,
+        "dtype": str(vlm.dtype).replace("torch.", ""), "device": str(vlm.device), "n_layers": vlm.n_layers,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    }
+    store = EvalStore(out) if out is not None else None
+    rows = store.open(meta, resume) if store else []
+    done = {(r["sample_id"], r["seed"]) for r in rows}
+    todo = [(s, seed) for s in samples for seed in seeds if (s.id, seed) not in done]
+    if done:
+        log.info("resuming: %d of %d generations already done", len(done), len(samples) * len(seeds))
+
+    bar = tqdm(total=len(todo), unit="answer", disable=not progress, dynamic_ncols=True, desc="prune-eval")
+    encoded: dict[str, Any] = {}
+    try:
+        for sample, seed in todo:
+            try:
+                row = _evaluate(vlm, sample, seed, cfg, schedules, metric, info, encoded, text_cfg, encode_sample)
+            except SampleError as exc:
+                if cfg.on_error == "stop":
+                    raise
+                log.warning("skipping %s", exc)
+                row = {"sample_id": sample.id, "task": sample.task, "seed": seed, "status": f"error: {exc.reason}"}
+            rows.append(row)
+            if store:
+                store.add(row)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    predictions = pd.DataFrame(rows)
+    for col, default in (("status", "ok"), ("pair", None)):
+        if col not in predictions:
+            predictions[col] = default
+    tasks = summarize(predictions, metric)
+    overall = tasks[tasks.task == "all"].to_dict("records")
+    summary = {
+        "model": vlm.source, "data": meta["data"], "schedule": cfg.schedule, "switch_at": cfg.switch_at,
+        "schedules": meta["horizon"], "positions": cfg.positions, "metric": metric, "seeds": seeds,
+        **(overall[0] if overall else {"n_samples": 0}),
+        "tasks": [r for r in tasks.to_dict("records") if r["task"] != "all"],
+    }
+    if store:
+        store.finish(summary, tasks)
+    return PruneResult(predictions, summary, store.path if store else None, tasks)
+
+
+def _evaluate(vlm, sample: Sample, seed: int, cfg: PruneConfig, schedules: Schedules, metric: str,
+              info: InfoScores | None, encoded: dict, text_cfg, encode_sample) -> dict[str, Any]:
+    if sample.problem:
+        raise SampleError(sample.id, sample.problem)
+    if sample.id not in encoded:
+        encoded.clear()  # seeds of one sample run back to back; keep one encoding
+        encoded[sample.id] = encode_sample(vlm, sample)[0]
+    inputs = encoded[sample.id]
+    n_visual = int((inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).sum())
+    if n_visual == 0:
+        raise SampleError(sample.id, "the prompt holds no image tokens")
+    try:
+        schedule = schedules.for_sample(sample.task, n_visual)
+    except HorizonError as exc:
+        raise SampleError(sample.id, str(exc)) from None
+    start = time.perf_counter()
+    gen: Generation = generate(
+        vlm, inputs, schedule, positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
+        seed=sample_seed(seed, sample.id), info=info.for_sample(sample.id, inputs["input_ids"]) if info else None,
+    )
+    if vlm.device.type == "cuda":
+        torch.cuda.synchronize(vlm.device)
+    seconds = time.perf_counter() - start
+    full = [len(inputs["input_ids"][0])] * vlm.n_layers
+    flops = prefill_flops(text_cfg, gen.tokens_per_layer)
+    return {
+        "sample_id": sample.id, "task": sample.task, "seed": seed, "schedule": str(schedule),
+        "question": sample.question, "answers": list(sample.answers), "prediction": gen.text,
+        "score": sample_score(metric, gen.text, sample),
+        "pair": f"{sample.task}/{sample.extra['pair']}" if "pair" in sample.extra else None,
+        "n_visual": n_visual, "avg_visual_tokens": gen.avg_visual_tokens,
+        "visual_per_layer": gen.visual_per_layer, "prefill_flops": flops,
+        "relative_flops": flops / prefill_flops(text_cfg, full), "seconds": seconds,
+        "n_new_tokens": len(gen.tokens), "status": "ok",
+    }

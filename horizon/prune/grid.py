@@ -1,0 +1,185 @@
+"""`prune_grid`: methods x budgets x switch layers, evaluated and plotted.
+
+Schedules in the grid (P = ``prune_layer``, k = a budget, s = a switch layer):
+
+* ``none``: the unpruned model, the reference line;
+* single: ``method@P:k`` for every method and budget;
+* hybrid: ``method@P:k,random@s:deep`` -- the method in shallow layers, then
+  random pruning down to ``deep`` tokens (default k // 4) from layer s on.
+  ``s = "horizon"`` puts the random stage at the measured horizon of each
+  sample's task (``summary.json`` of ``horizon analyze``).
+
+Each schedule is one ``prune_eval`` directory under ``out`` (resumable); the
+collected ``grid.csv`` has one row per schedule and task, and
+``prune_tradeoff_<model>_<task>.png/pdf`` plot accuracy against the average
+number of visual tokens with the horizon marked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import HorizonError
+from ..model import VisionLM, load
+from .evaluate import PruneConfig, model_label, prune_eval
+from .readers import EvalSet, read_eval
+from .strategies import METHODS
+
+log = logging.getLogger("horizon")
+
+
+@dataclass
+class GridConfig:
+    """The grid. ``switch_layers`` entries are layers or ``"horizon"``."""
+
+    methods: tuple[str, ...] = ("random", "fastv", "divprune", "dart")
+    budgets: tuple[int, ...] = (192, 128, 64)
+    prune_layer: int = 2
+    switch_layers: tuple[str | int, ...] = ("horizon",)
+    deep_keep: int | None = None  # tokens the hybrid's random stage keeps (default: budget // 4)
+    singles: bool = True
+    hybrids: bool = True
+    eval: PruneConfig = field(default_factory=PruneConfig)  # positions, seeds, limit, summary, ...
+
+    def validate(self, n_layers: int) -> None:
+        unknown = [m for m in self.methods if m not in METHODS or m in ("vtw", "info")]
+        if unknown:
+            raise HorizonError(f"--methods: {', '.join(unknown)} cannot be a grid method "
+                               "(use random, fastv, divprune, dart)")
+        if not self.budgets or any(b < 1 for b in self.budgets):
+            raise HorizonError(f"--budgets must be positive token counts, got {self.budgets}")
+        if not 0 <= self.prune_layer < n_layers:
+            raise HorizonError(f"--prune-layer {self.prune_layer} out of range (0..{n_layers - 1})")
+        if "fastv" in self.methods and self.prune_layer == 0:
+            raise HorizonError("--prune-layer 0: fastv needs the previous layer's attention; use a layer >= 1")
+        if self.hybrids and "horizon" in self.switch_layers and not self.eval.summary:
+            raise HorizonError("--switch-layers horizon needs --summary SUMMARY.json (from horizon analyze)")
+        for s in self.switch_layers:
+            if s != "horizon" and not self.prune_layer < int(s) < n_layers:
+                raise HorizonError(f"--switch-layers {s}: must lie after --prune-layer {self.prune_layer} "
+                                   f"and inside the model (< {n_layers})")
+
+
+def parse_switch_layers(text: str) -> tuple[str | int, ...]:
+    out: list[str | int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part == "horizon":
+            out.append(part)
+        elif re.fullmatch(r"\d+", part):
+            out.append(int(part))
+        else:
+            raise HorizonError(f"--switch-layers: {part!r} is neither a layer number nor 'horizon'")
+    return tuple(out)
+
+
+def grid_entries(cfg: GridConfig) -> list[dict[str, Any]]:
+    """One entry per schedule: its evaluation config and how it is labelled."""
+    entries = [{"name": "none", "method": "none", "kind": "none", "budget": None, "switch": None,
+                "config": replace(cfg.eval, schedule="none", switch_at=None)}]
+    P = cfg.prune_layer
+    for method in cfg.methods:
+        for k in cfg.budgets:
+            if cfg.singles:
+                entries.append({"name": f"{method}@{P}-{k}", "method": method, "kind": "single", "budget": k,
+                                "switch": None, "config": replace(cfg.eval, schedule=f"{method}@{P}:{k}",
+                                                                  switch_at=None)})
+            if cfg.hybrids:
+                deep = cfg.deep_keep if cfg.deep_keep is not None else max(1, k // 4)
+                for s in cfg.switch_layers:
+                    # a horizon switch is filled in per task; the placeholder layer keeps the text parseable
+                    entries.append({
+                        "name": f"{method}@{P}-{k}+random@{s}-{deep}", "method": f"{method}+random",
+                        "kind": "hybrid", "budget": k, "switch": s,
+                        "config": replace(cfg.eval, schedule=f"{method}@{P}:{k},random@{P + 1}:{deep}",
+                                          switch_at=s),
+                    })
+    return entries
+
+
+def horizon_records(path: str | Path | None, model: str, metric: str) -> dict[str, dict[str, Any]]:
+    if not path:
+        return {}
+    records = json.loads(Path(path).read_text())
+    return {str(r["task"]): r for r in records if str(r.get("model")) == model and r.get("metric") == metric}
+
+
+def prune_grid(
+    model: VisionLM | str | Path,
+    data: str | Path | EvalSet,
+    out: str | Path,
+    config: GridConfig | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    answers: str | Path | None = None,
+    image_folder: str | Path | None = None,
+    data_format: str = "auto",
+    figures: str | Path | None = None,
+) -> pd.DataFrame:
+    """Run every schedule of the grid; return the tidy results (also ``out/grid.csv``) and draw the figures."""
+    from ..plots import prune_tradeoff
+
+    cfg = config or GridConfig()
+    vlm = model if isinstance(model, VisionLM) else load(model)
+    cfg.validate(vlm.n_layers)
+    evalset = data if isinstance(data, EvalSet) else read_eval(data, answers=answers, image_folder=image_folder,
+                                                               format=data_format)
+    out = Path(out)
+    name = cfg.eval.horizon_model or model_label(vlm)
+    horizons = horizon_records(cfg.eval.summary, name, cfg.eval.horizon_metric)
+    rows = []
+    entries = grid_entries(cfg)
+    for i, entry in enumerate(entries, 1):
+        todo = evalset
+        if entry["switch"] == "horizon":
+            # only tasks with a measured horizon can put a stage there
+            keep = [s for s in evalset.samples if horizons.get(s.task, {}).get("horizon") is not None]
+            missing = sorted({s.task for s in evalset.samples} - {s.task for s in keep})
+            if missing:
+                log.warning("grid: no horizon for task(s) %s; %s runs without them", ", ".join(missing), entry["name"])
+            if not keep:
+                continue
+            todo = EvalSet(keep, evalset.metric, evalset.format)
+        log.info("grid %d/%d: %s", i, len(entries), entry["name"])
+        result = prune_eval(vlm, todo, out=out / entry["name"], resume=resume, progress=progress,
+                            config=entry["config"])
+        for task in result.tasks.itertuples():
+            if task.task == "all":
+                continue
+            switch = entry["switch"]
+            if switch == "horizon":
+                switch = int(math.ceil(horizons[task.task]["horizon"]))
+            rows.append({
+                "model": name, "task": task.task, "method": entry["method"], "kind": entry["kind"],
+                "schedule": (result.summary.get("schedules") or {}).get(task.task, entry["config"].schedule),
+                "budget": entry["budget"], "switch_layer": switch,
+                "switch": str(entry["switch"]), "avg_tokens": task.avg_visual_tokens, "accuracy": task.accuracy,
+                "accuracy_std": task.accuracy_std, "n_seeds": task.n_seeds,
+                "relative_flops": task.relative_flops, "seconds_per_sample": task.seconds_per_sample,
+                "n_samples": task.n_samples, "metric": result.summary["metric"],
+            })
+    frame = pd.DataFrame(rows)
+    frame.to_csv(out / "grid.csv", index=False)
+    figures = Path(figures) if figures else out
+    for task, sub in frame.groupby("task"):
+        record = horizons.get(task, {})
+        ci = record.get("horizon_ci") or [None, None]
+        horizon = {"layer": record.get("horizon"), "lo": ci[0], "hi": ci[1], "n_layers": vlm.n_layers} \
+            if record else None
+        unpruned = sub[sub.kind == "none"].accuracy
+        prune_tradeoff(sub[sub.kind != "none"].assign(switch_layer=lambda f: f.switch_layer.astype(float)), figures,
+                       horizon=horizon, unpruned=float(unpruned.iloc[0]) if len(unpruned) else None,
+                       name=f"prune_tradeoff_{_slug(name)}_{_slug(task)}")
+    return frame
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
