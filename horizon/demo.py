@@ -191,7 +191,8 @@ def prune_demo(cfg: DemoConfig) -> list[str]:
                       eval=PruneConfig(summary=cfg.out / "summary.json", horizon_metric="dlogp",
                                        max_new_tokens=3))
     vlm = load(model_dir, dtype="float32", device="cpu")
-    frame = prune_grid(vlm, EvalSet(samples, "exact", "jsonl"), cfg.runs / f"prune-{cfg.prune_model}", grid,
+    source = " ".join(str(files[t]) for t in cfg.prune_tasks if t in files) + f" limit={cfg.prune_limit}"
+    frame = prune_grid(vlm, EvalSet(samples, "exact", "jsonl", source), cfg.runs / f"prune-{cfg.prune_model}", grid,
                        progress=False, figures=cfg.out)
     frame.to_csv(cfg.out / "prune_grid.csv", index=False, float_format="%.6g")
     return prune_reading(frame, cfg.prune_layer)

@@ -11,3 +11,14 @@ def test_readme_python_api_example_runs():
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
     assert len(namespace["result"].scores) == 2 * 2 * 4 * 2  # samples x layers x 1x1 groups of 2x2 x metrics
+
+
+def test_readme_pruning_example_runs():
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    example = next(b for b in blocks if "prune_eval(" in b)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert len(result.predictions) == 3 * 2  # samples x seeds
+    assert set(result.predictions.schedule) == {"divprune@0:12,random@2:4"}

@@ -1,13 +1,23 @@
-"""Token pruning: selection strategies and layer schedules (issue 5, in progress).
+"""Token pruning with the information horizon.
 
-What is here is the model-independent core: which visual tokens each method
-keeps given what the model exposes at a layer (``strategies``), and schedules
-of stages ``method@layer:keep`` with the paper's average-token accounting
-(``schedule``). Applying a schedule inside generation and the evaluation
-commands are not built yet.
+* ``strategies``: which visual tokens each method keeps, from what the model
+  exposes at a layer (pure functions);
+* ``schedule``: stages ``method@layer:keep`` and the paper's average-token accounting;
+* ``generate``: greedy generation with a schedule applied at prefill and KV-cached decoding;
+* ``evaluate``: ``prune_eval`` -- scored answers, seeds, cost, a resumable directory;
+* ``readers``: question files (DESIGN §4 JSONL, LLaVA's TextVQA / MME / POPE);
+* ``metrics``: exact match, VQA accuracy, MME, POPE;
+* ``grid``: methods x budgets x switch layers, with trade-off figures.
 """
 
+from .evaluate import PruneConfig, PruneResult, prune_eval
+from .generate import Generation, generate
+from .grid import GridConfig, prune_grid
+from .readers import EvalSet, read_eval
 from .schedule import Schedule, Stage, parse_schedule
 from .strategies import METHODS, select
 
-__all__ = ["Schedule", "Stage", "parse_schedule", "METHODS", "select"]
+__all__ = [
+    "Schedule", "Stage", "parse_schedule", "METHODS", "select", "generate", "Generation",
+    "prune_eval", "PruneConfig", "PruneResult", "prune_grid", "GridConfig", "read_eval", "EvalSet",
+]

@@ -309,6 +309,12 @@ class EvalStore:
                 fh.truncate(good)
         return rows
 
+    def discard(self) -> None:
+        for name in ("eval.json", "predictions.jsonl"):
+            (self.path / name).unlink(missing_ok=True)
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
     def add(self, row: dict[str, Any]) -> None:
         with open(self.predictions, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -356,6 +362,8 @@ def prune_eval(
     metric = resolve_metric(cfg.metric, evalset)
     samples = evalset.samples[: cfg.limit] if cfg.limit else evalset.samples
     schedules = Schedules(cfg, vlm)
+    for task in sorted({s.task for s in samples}):
+        schedules.for_sample(task, 1 << 30)  # syntax, methods and layers fail here, before any work
     n_seeds = cfg.seeds or (3 if has_random(cfg.schedule) else 1)
     seeds = [cfg.seed + i for i in range(n_seeds)]
     info = InfoScores(cfg.info_run, cfg.info_metric) if cfg.info_run else None
@@ -364,9 +372,10 @@ def prune_eval(
     text_cfg = vlm.language_model.config
 
     meta = {
-        "horizon_version": __version__, "model": vlm.source, "data": str(data) if isinstance(data, (str, Path)) else None,
+        "horizon_version": __version__, "model": vlm.source, "data": evalset.source,
         "format": evalset.format, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
-        "horizon": {t: schedules.text_for(t) for t in sorted({s.task for s in samples})} if cfg.switch_at else None,
+        "horizon": {t: schedules.text_for(t) for t in sorted({s.task for s in samples})}
+        if cfg.switch_at is not None else None,
         "positions": cfg.positions, "seeds": seeds, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
         "metric": metric, "info_run": str(cfg.info_run) if cfg.info_run else None,
         "dtype": str(vlm.dtype).replace("torch.", ""), "device": str(vlm.device), "n_layers": vlm.n_layers,
@@ -381,6 +390,7 @@ def prune_eval(
 
     bar = tqdm(total=len(todo), unit="answer", disable=not progress, dynamic_ncols=True, desc="prune-eval")
     encoded: dict[str, Any] = {}
+    written = len(rows)
     try:
         for sample, seed in todo:
             try:
@@ -394,6 +404,10 @@ def prune_eval(
             if store:
                 store.add(row)
             bar.update(1)
+    except BaseException:
+        if store and written == 0 and len(rows) == 0:
+            store.discard()  # nothing was done: leave no directory that blocks the corrected command
+        raise
     finally:
         bar.close()
 
@@ -404,7 +418,7 @@ def prune_eval(
     tasks = summarize(predictions, metric)
     overall = tasks[tasks.task == "all"].to_dict("records")
     summary = {
-        "model": vlm.source, "data": meta["data"], "schedule": cfg.schedule, "switch_at": cfg.switch_at,
+        "model": vlm.source, "data": evalset.source, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
         "schedules": meta["horizon"], "positions": cfg.positions, "metric": metric, "seeds": seeds,
         **(overall[0] if overall else {"n_samples": 0}),
         "tasks": [r for r in tasks.to_dict("records") if r["task"] != "all"],

@@ -140,14 +140,19 @@ def prune_grid(
     for i, entry in enumerate(entries, 1):
         todo = evalset
         if entry["switch"] == "horizon":
-            # only tasks with a measured horizon can put a stage there
-            keep = [s for s in evalset.samples if horizons.get(s.task, {}).get("horizon") is not None]
+            # only tasks whose horizon lies after the first stage can put the random stage there
+            def usable(task: str) -> bool:
+                h = horizons.get(task, {}).get("horizon")
+                return h is not None and math.ceil(h) > cfg.prune_layer
+
+            keep = [s for s in evalset.samples if usable(s.task)]
             missing = sorted({s.task for s in evalset.samples} - {s.task for s in keep})
             if missing:
-                log.warning("grid: no horizon for task(s) %s; %s runs without them", ", ".join(missing), entry["name"])
+                log.warning("grid: %s skips task(s) %s: no horizon after layer %d", entry["name"],
+                            ", ".join(missing), cfg.prune_layer)
             if not keep:
                 continue
-            todo = EvalSet(keep, evalset.metric, evalset.format)
+            todo = EvalSet(keep, evalset.metric, evalset.format, evalset.source)
         log.info("grid %d/%d: %s", i, len(entries), entry["name"])
         result = prune_eval(vlm, todo, out=out / entry["name"], resume=resume, progress=progress,
                             config=entry["config"])

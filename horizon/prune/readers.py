@@ -117,6 +117,7 @@ class EvalSet:
     samples: list[Sample]
     metric: str  # "exact" | "vqa" | "mme" | "pope"
     format: str  # which reader produced it: "jsonl" | "textvqa" | "mme" | "pope"
+    source: str | None = None  # the files read (questions, answers, images), recorded with results
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -144,14 +145,19 @@ def read_eval(data: str | Path, *, answers: str | Path | None = None, image_fold
 
     fmt = _detect(data, answers) if format == "auto" else format
     if fmt == "jsonl":
-        return _read_own_jsonl(data, answers, folder)
-    if answers is None:
+        evalset = _read_own_jsonl(data, answers, folder)
+    elif answers is None:
         raise HorizonError(f"{data}: {_ANSWERS_NEEDED[fmt]}")
-    if fmt == "textvqa":
-        return _read_textvqa(data, answers, folder)
-    if fmt == "mme":
-        return _read_mme(data, answers, folder)
-    return _read_pope(data, answers, folder)
+    elif fmt == "textvqa":
+        evalset = _read_textvqa(data, answers, folder)
+    elif fmt == "mme":
+        evalset = _read_mme(data, answers, folder)
+    else:
+        evalset = _read_pope(data, answers, folder)
+    files = [str(data.resolve())] + [f"{flag}={p.resolve()}" for flag, p in (("answers", answers),
+                                                                         ("images", folder)) if p is not None]
+    evalset.source = " ".join(files)
+    return evalset
 
 
 _ANSWERS_NEEDED = {
