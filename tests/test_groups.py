@@ -42,13 +42,16 @@ def test_batch_plan_keeps_layers_apart_and_bounds_recompute():
 
     ablations = [Ablation(l, (p, p + 1)) for l in (1, 0) for p in range(10, 90, 2)]
     seq = 100
-    batches = plan_batches(ablations, batch_size=8, seq_len=seq, max_waste=0.1)
-    assert sorted(i for b in batches for i in b) == list(range(len(ablations)))
-    for batch in batches:
-        rows = [ablations[i] for i in batch]
-        assert len({r.layer for r in rows}) == 1 and len(rows) <= 8
-        firsts = [r.removed[0] for r in rows]
-        assert firsts == sorted(firsts)
-        assert max(firsts) - min(firsts) <= 0.1 * (seq - min(firsts))
+    for min_gap in (0, 32):
+        batches = plan_batches(ablations, batch_size=8, seq_len=seq, max_waste=0.1, min_gap=min_gap)
+        assert sorted(i for b in batches for i in b) == list(range(len(ablations)))
+        for batch in batches:
+            rows = [ablations[i] for i in batch]
+            assert len({r.layer for r in rows}) == 1 and len(rows) <= 8
+            firsts = [r.removed[0] for r in rows]
+            assert firsts == sorted(firsts)
+            assert max(firsts) - min(firsts) <= max(0.1 * (seq - min(firsts)), min_gap)
+    # on this short sequence the small-gap allowance fills batches that the 10% bound alone splits
+    assert len(plan_batches(ablations, 8, seq, min_gap=32)) == 10 < len(plan_batches(ablations, 8, seq, min_gap=0))
     # without a sequence length only the size and layer bounds apply
     assert [len(b) for b in plan_batches(ablations, batch_size=16)] == [16, 16, 8, 16, 16, 8]
