@@ -39,6 +39,19 @@ def test_dart_keeps_4_plus_8_floor_budget_over_8(budget):
     assert set(top4.tolist()) <= set(kept.tolist())  # the visual pivots are kept
 
 
+def test_dart_measures_duplication_on_hidden_states_and_pivots_on_keys():
+    # positions 0..3 visual, 4 text; one pivot of each kind, one token per pivot
+    keys = torch.tensor([[9.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [3.0, 3.0]])
+    hidden = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 0.0]])
+    visual, text = torch.arange(4), torch.tensor([4])
+    kept = select("dart", visual, 2, keys=keys, hidden=hidden, text=text, visual_pivots=1, text_pivots=1)
+    # pivot 0 (largest key norm) is kept; the visual token least like it in hidden space is 1 (cos -1),
+    # then for the text pivot (hidden [1, 0]) the least similar of {2, 3} is 3 (cos 0)
+    assert kept.tolist() == [0, 1, 3]
+    # under key similarity the picks differ: least like key [9, 0] is 2 (cos 0)
+    assert select("dart", visual, 2, keys=keys, text=text, visual_pivots=1, text_pivots=1).tolist() != [0, 1, 3]
+
+
 def test_fastv_keeps_what_the_last_token_attends_to():
     attention = torch.zeros(2, 10, 10)
     attention[0, -1, [3, 5, 7]] = torch.tensor([0.5, 0.1, 0.3])
@@ -71,7 +84,7 @@ def test_schedule_average_tokens_and_errors():
     for bad, message in [("divprune@0:600", "only 576"), ("magic@0:10", "unknown method"),
                          ("random@40:10", "out of range"), ("random@5:100,random@3:50", "must increase"),
                          ("random@5", "method@layer:keep"), ("random@5:100,fastv@9:200", "only 100"),
-                         ("vtw@10:5", "vtw@10:0")]:
+                         ("vtw@10:5", "vtw@10:0"), ("fastv@0:100", "layer >= 1"), ("dart@0:100", "layer >= 1")]:
         with pytest.raises(HorizonError, match=message):
             parse_schedule(bad, n_layers=32, n_visual=576)
     with pytest.raises(HorizonError, match="cannot keep"):

@@ -1,7 +1,7 @@
 """Greedy generation with a pruning schedule applied: prefill prunes, decoding reuses the pruned KV cache.
 
 At a stage ``method@l:keep`` the method picks which visual tokens stay, from
-what layer l (or l - 1 for FastV) exposes; every other visual token's hidden
+what layer l (and, for FastV and DART, layer l - 1) exposes; every other visual token's hidden
 state is deleted before layer l, so layers l.. never see it (DESIGN §2's
 removal, the deletion the paper's reference code does). The KV cache of
 layers >= l therefore holds only the kept tokens, and every decoding step
@@ -92,6 +92,7 @@ class _Pruning:
         self.present: torch.Tensor | None = None  # original positions in the current layer's input
         self.layer_present: list[torch.Tensor] = []  # per layer, during prefill
         self.attention: torch.Tensor | None = None  # FastV: (heads, n) from the layer before its stage
+        self.keys: torch.Tensor | None = None  # DART: (n, d) keys of the layer before its stage
         self.renumbered = False
         self.handles: list[Any] = []
 
@@ -123,8 +124,13 @@ class _Pruning:
         self.layer_present.append(self.present)
         kwargs = self._slice(kwargs, self.present, seq, hidden)
         nxt = self.stages.get(j + 1)
-        if nxt is not None and nxt.method == "fastv" and self.replay is None:
-            self.attention = self.vlm.adapter.last_token_attention(module, hidden, kwargs["position_embeddings"])
+        if nxt is not None and self.replay is None:
+            # FastV and DART read the layer before their stage, as their reference code does
+            if nxt.method == "fastv":
+                self.attention = self.vlm.adapter.last_token_attention(module, hidden, kwargs["position_embeddings"])
+            elif nxt.method == "dart":
+                keys, _ = self.vlm.adapter.key_values(module, hidden, kwargs["position_embeddings"])
+                self.keys = keys[0].transpose(0, 1).flatten(1)  # (n, kv_heads * head_dim)
         return (hidden, *args[1:]), kwargs
 
     def decode(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict, step: int):
@@ -179,8 +185,9 @@ class _Pruning:
             elif stage.method == "fastv":
                 inputs["attention"] = self.attention[:, None]  # (heads, 1, n): the last query's row
             elif stage.method == "dart":
-                keys, _ = self.vlm.adapter.key_values(module, hidden, kwargs["position_embeddings"])
-                inputs["keys"] = keys[0].transpose(0, 1).flatten(1)  # (n, kv_heads * head_dim)
+                inputs["keys"] = self.keys
+                # duplication on the normalised hidden states entering the stage's layer
+                inputs["hidden"] = self.vlm.language_model.norm(hidden[0])
                 inputs["text"] = (~is_visual).nonzero().flatten()
             elif stage.method == "info":
                 if j not in self.info:

@@ -58,8 +58,10 @@ class GridConfig:
             raise HorizonError(f"--budgets must be positive token counts, got {self.budgets}")
         if not 0 <= self.prune_layer < n_layers:
             raise HorizonError(f"--prune-layer {self.prune_layer} out of range (0..{n_layers - 1})")
-        if "fastv" in self.methods and self.prune_layer == 0:
-            raise HorizonError("--prune-layer 0: fastv needs the previous layer's attention; use a layer >= 1")
+        early = [m for m in self.methods if m in ("fastv", "dart")]
+        if early and self.prune_layer == 0:
+            raise HorizonError(f"--prune-layer 0: {', '.join(early)} read the layer before the stage; "
+                               "use a layer >= 1")
         if self.hybrids and "horizon" in self.switch_layers and not self.eval.summary:
             raise HorizonError("--switch-layers horizon needs --summary SUMMARY.json (from horizon analyze)")
         for s in self.switch_layers:

@@ -63,6 +63,9 @@ def parse_schedule(text: str, n_layers: int, n_visual: int) -> Schedule:
             raise HorizonError(f"--schedule {text!r}: layer {layer} out of range: the model has {n_layers} "
                                f"decoder layers (0..{n_layers - 1})")
         available = Schedule(tuple(stages)).tokens_at(n_layers, n_visual)
+        if method in ("fastv", "dart") and layer == 0:
+            raise HorizonError(f"--schedule {text!r}: {method} reads the layer before its stage; "
+                               f"use a layer >= 1 (e.g. {method}@2:{keep})")
         if method == "vtw" and keep != 0:
             raise HorizonError(f"--schedule {text!r}: vtw withdraws every visual token; write vtw@{layer}:0")
         if stages and layer <= stages[-1].layer:

@@ -58,12 +58,16 @@ def divprune_keep(visual: torch.Tensor, keep: int, *, hidden: torch.Tensor, **_)
 
 
 def dart_keep(visual: torch.Tensor, keep: int, *, keys: torch.Tensor, text: torch.Tensor,
-              visual_pivots: int = 4, text_pivots: int = 4, **_) -> torch.Tensor:
+              hidden: torch.Tensor | None = None, visual_pivots: int = 4, text_pivots: int = 4,
+              **_) -> torch.Tensor:
     """DART: pivots by key L1 norm (4 visual + 4 text by default); per pivot the least similar visual tokens.
 
-    Keeps the visual pivots plus floor(keep / pivots) tokens per pivot, picked
-    in turn from the tokens not yet kept: ``visual_pivots + pivots * floor(keep / pivots)``
-    tokens for budget ``keep`` (4 + 8 * floor(keep / 8) with the defaults).
+    Pivots are the tokens whose keys have the largest L1 norm. Duplication is
+    cosine similarity between ``hidden`` states (the keys when none are
+    given). Keeps the visual pivots plus floor(keep / pivots) tokens per
+    pivot, picked in turn from the tokens not yet kept:
+    ``visual_pivots + pivots * floor(keep / pivots)`` tokens for budget
+    ``keep`` (4 + 8 * floor(keep / 8) with the defaults).
     """
     norms = keys.float().abs().sum(-1)
     v_piv = visual[torch.argsort(norms[visual], descending=True, stable=True)[:visual_pivots]]
@@ -71,7 +75,7 @@ def dart_keep(visual: torch.Tensor, keep: int, *, keys: torch.Tensor, text: torc
     pivots = torch.cat([v_piv, t_piv])
     per_pivot = keep // max(len(pivots), 1)
     kept = set(v_piv.tolist())
-    unit = torch.nn.functional.normalize(keys.float(), dim=-1)
+    unit = torch.nn.functional.normalize((keys if hidden is None else hidden).float(), dim=-1)
     for p in pivots.tolist():
         pool = torch.tensor([v for v in visual.tolist() if v not in kept], dtype=torch.long)
         if len(pool) == 0:
