@@ -29,6 +29,7 @@ from horizon.prune.evaluate import InfoScores, PruneConfig, prune_eval
 from horizon.prune.generate import generate
 from horizon.prune.grid import GridConfig, prune_grid
 from horizon.scan import encode_sample
+from helpers import error_of
 
 N_LAYERS, N_VISUAL = 3, 25  # the tiny llava of conftest
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -71,16 +72,6 @@ def rewrite_answers(data: Path, name: str, answers: list) -> Path:
 
 def by_sample(rows: list[dict]) -> dict[str, str]:
     return {r["sample_id"]: r["prediction"] for r in rows}
-
-
-def error_of(call, *needles: str) -> str:
-    with pytest.raises(HorizonError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
 
 
 # -- 1. outputs, cost accounting, seeds and scoring ------------------------------------------

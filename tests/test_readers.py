@@ -10,6 +10,7 @@ import pytest
 from horizon.data import Sample
 from horizon.errors import HorizonError
 from horizon.prune.readers import EvalSet, read_eval
+from helpers import error_of
 
 SHORT = "\nAnswer the question using a single word or phrase."
 
@@ -18,17 +19,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def error_of(call, *needles: str) -> str:
-    """The HorizonError message of `call`; asserts it is one line containing every needle."""
-    with pytest.raises(HorizonError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
 
 
 # ---------------------------------------------------------------------------

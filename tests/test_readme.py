@@ -1,24 +1,25 @@
-"""The README's Python API example runs as written."""
+"""The README's Python examples run as written."""
 
 import re
 from pathlib import Path
 
 
-def test_readme_python_api_example_runs():
+def run_readme_example(marker: str) -> dict:
+    """Execute the README's python block containing ``marker``; returns its namespace."""
     text = (Path(__file__).parents[1] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    example = next(b for b in blocks if "horizon.scan(" in b)
+    example = next(b for b in blocks if marker in b)
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
-    assert len(namespace["result"].scores) == 2 * 2 * 4 * 2  # samples x layers x 1x1 groups of 2x2 x metrics
+    return namespace
+
+
+def test_readme_python_api_example_runs():
+    result = run_readme_example("horizon.scan(")["result"]
+    assert len(result.scores) == 2 * 2 * 4 * 2  # samples x layers x 1x1 groups of 2x2 x metrics
 
 
 def test_readme_pruning_example_runs():
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    example = next(b for b in blocks if "prune_eval(" in b)
-    namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
-    result = namespace["result"]
+    result = run_readme_example("prune_eval(")["result"]
     assert len(result.predictions) == 3 * 2  # samples x seeds
     assert set(result.predictions.schedule) == {"divprune@0:12,random@2:4"}
