@@ -22,7 +22,6 @@ from PIL import Image
 import horizon
 from horizon.cli import main
 from horizon.data import read_jsonl
-from horizon.errors import HorizonError
 from horizon.prune import parse_schedule
 from horizon.prune import evaluate
 from horizon.prune.evaluate import InfoScores, PruneConfig, prune_eval

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from horizon.data import Sample
-from horizon.errors import HorizonError
 from horizon.prune.readers import EvalSet, read_eval
 from helpers import error_of
 
