@@ -430,3 +430,24 @@ def test_cli_resume_with_other_data_is_refused(checkpoints, dataset, tmp_path, c
     # same sample ids q0, q1 but other images and answers: their stored predictions must not be reused
     assert main(eval_args(model, other, out, "none", "--resume")) == 2
     assert "configuration differs" in capsys.readouterr().err
+
+
+def test_cli_prune_grid_and_its_option_errors(checkpoints, dataset, tmp_path, capsys):
+    model, data, out = checkpoints["llava"], dataset("llava", 2), tmp_path / "grid"
+    base = ["prune-grid", "--model", str(model), "--data", str(data), "--max-new-tokens", "2", "--seeds", "1",
+            "--methods", "random,fastv", "--budgets", "8", "--prune-layer", "1", "-q"]
+    assert main([*base, "--switch-layers", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    grid = pd.read_csv(out / "grid.csv")
+    assert sorted(grid.schedule.unique()) == ["fastv@1:8", "fastv@1:8,random@2:2", "none", "random@1:8",
+                                              "random@1:8,random@2:2"]
+    assert "fastv+random" in printed and "grid.csv" in printed
+    for extra, needle in ([["--switch-layers", "horizon"], "needs --summary"],
+                          [["--switch-layers", "deep"], "neither a layer number nor 'horizon'"],
+                          [["--switch-layers", "1"], "must lie after --prune-layer 1"],
+                          [["--switch-layers", "2", "--budgets", "8,x"], "--budgets '8,x'"],
+                          [["--switch-layers", "2", "--methods", "vtw"], "cannot be a grid method"]):
+        assert main([*base, *extra, "--out", str(tmp_path / "bad")]) == 2, extra
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("horizon: error:")]
+        assert len(err) == 1 and needle in err[0], (extra, err)
+    assert not (tmp_path / "bad").exists()
