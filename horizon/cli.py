@@ -142,7 +142,9 @@ def _prune_eval(args: argparse.Namespace) -> int:
     if s.get("n_samples", 0) == 0:
         raise HorizonError(f"no sample could be evaluated; see {args.out}/predictions.jsonl")
     spread = f" ± {s['accuracy_std']:.3f} over {s['n_seeds']} seeds" if s["n_seeds"] > 1 else ""
-    print(f"{s['metric']} accuracy {s['accuracy']:.3f}{spread} on {s['n_samples']} samples; "
+    ci = "" if s["accuracy_ci_lo"] != s["accuracy_ci_lo"] else \
+        f" (95% CI over samples {s['accuracy_ci_lo']:.3f}-{s['accuracy_ci_hi']:.3f})"
+    print(f"{s['metric']} accuracy {s['accuracy']:.3f}{spread}{ci} on {s['n_samples']} samples; "
           f"{s['avg_visual_tokens']:.1f} of {s['n_visual']:.0f} visual tokens per layer on average; "
           f"prefill FLOPs {s['relative_flops']:.1%} of unpruned; {s['seconds_per_sample']:.3f} s per answer")
     for task in s["tasks"]:

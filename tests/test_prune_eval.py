@@ -120,6 +120,11 @@ def test_prune_eval_files_costs_seeds_and_scores(llava, dataset, tmp_path):
     csv = pd.read_csv(scored_dir / "summary.csv").set_index("task")
     assert csv.loc["all", "accuracy"] == 0.5 and csv.loc["ocr", "accuracy"] == 1.0 and csv.loc["vqa", "accuracy"] == 0
     assert result.summary["accuracy"] == 0.5
+    # bootstrap over 4 samples scored 1,0,1,0: all-wrong and all-right resamples each have probability
+    # 1/16 > 2.5%, so the 95% interval is [0, 1]; a task whose samples all agree has a zero-width one
+    assert (summary["accuracy_ci_lo"], summary["accuracy_ci_hi"]) == (0.0, 1.0)
+    assert {t["task"]: (t["accuracy_ci_lo"], t["accuracy_ci_hi"]) for t in summary["tasks"]} == {
+        "ocr": (1.0, 1.0), "vqa": (0.0, 0.0)}
 
     # random@1:5 over 3 seeds, answers = the unpruned predictions
     target = rewrite_answers(data, "target.jsonl", [unpruned[i] for i in ids])
@@ -270,7 +275,8 @@ def test_cli_prune_eval_and_bad_schedules(checkpoints, dataset, tmp_path, capsys
     rows = lines(out / "predictions.jsonl")
     assert len(rows) == 2 * 2
     per_seed = [np.mean([r["score"] for r in rows if r["seed"] == s]) for s in (0, 1)]
-    match = re.search(r"exact accuracy (\d\.\d{3}) ± (\d\.\d{3}) over 2 seeds on 2 samples", printed)
+    match = re.search(r"exact accuracy (\d\.\d{3}) ± (\d\.\d{3}) over 2 seeds "
+                      r"\(95% CI over samples (\d\.\d{3})-(\d\.\d{3})\) on 2 samples", printed)
     assert match, printed
     assert float(match.group(1)) == round(summary["accuracy"], 3) == round(float(np.mean(per_seed)), 3)
     assert float(match.group(2)) == round(float(np.std(per_seed, ddof=1)), 3)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -237,6 +238,17 @@ def score_frame(metric: str, frame: pd.DataFrame) -> dict[str, float]:
     return {"accuracy": float(frame.score.mean())}
 
 
+def bootstrap_ci(scores: pd.Series, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap CI of the mean per-sample score (resampling samples)."""
+    values = scores.to_numpy(dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def summarize(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per task (and ``all``): metric mean and std over seeds, cost means."""
     rows = []
@@ -250,6 +262,8 @@ def summarize(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
         for col in per_seed.columns.drop("seed"):
             row[col] = float(per_seed[col].mean())
             row[f"{col}_std"] = float(per_seed[col].std(ddof=1)) if len(per_seed) > 1 else 0.0
+        # sampling uncertainty: the seed spread says nothing about how few samples there were
+        row["accuracy_ci_lo"], row["accuracy_ci_hi"] = bootstrap_ci(frame.groupby("sample_id").score.mean())
         row.update({
             "avg_visual_tokens": float(frame.avg_visual_tokens.mean()),
             "n_visual": float(frame.n_visual.mean()),

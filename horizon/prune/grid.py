@@ -169,7 +169,8 @@ def prune_grid(
                 "schedule": (result.summary.get("schedules") or {}).get(task.task, entry["config"].schedule),
                 "budget": entry["budget"], "switch_layer": switch,
                 "switch": str(entry["switch"]), "avg_tokens": task.avg_visual_tokens, "accuracy": task.accuracy,
-                "accuracy_std": task.accuracy_std, "n_seeds": task.n_seeds,
+                "accuracy_std": task.accuracy_std, "accuracy_ci_lo": task.accuracy_ci_lo,
+                "accuracy_ci_hi": task.accuracy_ci_hi, "n_seeds": task.n_seeds,
                 "relative_flops": task.relative_flops, "seconds_per_sample": task.seconds_per_sample,
                 "n_samples": task.n_samples, "metric": result.summary["metric"],
             })
