@@ -36,7 +36,7 @@ class DemoConfig:
     prune_model: str = "llava-l"
     prune_tasks: tuple[str, ...] = ("ocr", "colour")
     prune_limit: int = 16
-    prune_budgets: tuple[int, ...] = (27, 18, 9)
+    prune_budgets: tuple[int, ...] = (27, 18)
     prune_layer: int = 2
     prune_switch: tuple[str | int, ...] = ("horizon", 9)
 
