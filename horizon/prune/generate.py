@@ -28,6 +28,7 @@ import torch
 
 from ..errors import HorizonError
 from ..model import VisionLM
+from ..scan import append_answer
 from .schedule import Schedule, Stage
 from .strategies import select
 
@@ -94,6 +95,7 @@ class _Pruning:
         self.attention: torch.Tensor | None = None  # FastV: (heads, n) from the layer before its stage
         self.keys: torch.Tensor | None = None  # DART: (n, d) keys of the layer before its stage
         self.renumbered = False
+        self.step = 0  # decoding: how many tokens were fed after the prompt
         self.handles: list[Any] = []
 
     # -- hooks -----------------------------------------------------------
@@ -116,7 +118,7 @@ class _Pruning:
             self.visual_mask = torch.zeros(seq, dtype=torch.bool, device=hidden.device)
             self.visual_mask[self.visual.to(hidden.device)] = True
         if j in self.stages:
-            rows = self._select(self.stages[j], j, module, hidden, self._slice(kwargs, self.present, seq))
+            rows = self._select(self.stages[j], j, hidden)
             hidden = hidden[:, rows]
             self.present = self.present[rows]
             self.kept.append(self.present[self.visual_mask[self.present]].clone())
@@ -133,12 +135,12 @@ class _Pruning:
                 self.keys = keys[0].transpose(0, 1).flatten(1)  # (n, kv_heads * head_dim)
         return (hidden, *args[1:]), kwargs
 
-    def decode(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict, step: int):
+    def decode(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict):
         # One new token attends to everything its layer cached: no mask needed.
         kwargs["attention_mask"] = None
         if self.positions == "renumber" and self.renumbered_at(j):
             hidden = args[0] if args else kwargs["hidden_states"]
-            pos = torch.tensor([[len(self.layer_present[j]) + step]], device=hidden.device)
+            pos = torch.tensor([[len(self.layer_present[j]) + self.step]], device=hidden.device)
             kwargs["position_embeddings"] = self.vlm.language_model.rotary_emb(hidden, pos)
         return args, kwargs
 
@@ -166,7 +168,7 @@ class _Pruning:
             kwargs["position_ids"] = kwargs["position_ids"][..., present]
         return kwargs
 
-    def _select(self, stage: Stage, j: int, module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    def _select(self, stage: Stage, j: int, hidden: torch.Tensor) -> torch.Tensor:
         """Rows of the current input that stay: every text row plus the chosen visual rows."""
         is_visual = self.visual_mask[self.present]
         visual_rows = is_visual.nonzero().flatten()
@@ -201,8 +203,8 @@ class _Pruning:
         return keep_rows.nonzero().flatten()
 
 
-def _first_position(vlm: VisionLM, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Captures the position ids the decoder stack receives (None means 0..S-1)."""
+def _capture_position_ids(vlm: VisionLM) -> tuple[dict[str, Any], Any]:
+    """Records the position ids the decoder stack receives (None means 0..S-1); returns (record, hook)."""
     seen: dict[str, Any] = {}
 
     def grab(module, args, kwargs):
@@ -239,7 +241,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed)
     state = _Pruning(vlm, schedule, visual, positions, generator, info)
 
-    seen, grab = _first_position(vlm, inputs)
+    seen, grab = _capture_position_ids(vlm)
     state.install(state.prefill)
     try:
         # Only the last position's logits are needed (as in transformers' generate).
@@ -262,28 +264,29 @@ def generate(
     steps: list[torch.Tensor] = []
     cache = out.past_key_values if use_cache else None
     embed = vlm.hf.get_input_embeddings()
-    for step in range(max_new_tokens):
-        if return_logits:
-            steps.append(logits.cpu())
-        token = int(logits.argmax())
-        if token in eos:
-            break
-        tokens.append(token)
-        if step == max_new_tokens - 1:
-            break
-        if use_cache:
-            hook = lambda j, m, a, k, step=step: state.decode(j, m, a, k, step)  # noqa: E731
-            state.install(hook)
-            try:
+    if use_cache:
+        state.install(state.decode)
+    try:
+        for step in range(max_new_tokens):
+            if return_logits:
+                steps.append(logits.cpu())
+            token = int(logits.argmax())
+            if token in eos:
+                break
+            tokens.append(token)
+            if step == max_new_tokens - 1:
+                break
+            if use_cache:
+                state.step = step
                 hidden = vlm.language_model(
                     inputs_embeds=embed(torch.tensor([[token]], device=vlm.device)),
                     position_ids=position_ids[..., -1:] + 1 + step, past_key_values=cache, use_cache=True,
                 ).last_hidden_state
-            finally:
-                state.remove()
-            logits = vlm.lm_head(hidden[0, -1]).float()
-        else:
-            logits = _uncached_step(vlm, inputs, tokens, schedule, visual, positions, state.kept)
+                logits = vlm.lm_head(hidden[0, -1]).float()
+            else:
+                logits = _uncached_step(vlm, inputs, tokens, schedule, visual, positions, state.kept)
+    finally:
+        state.remove()
 
     return Generation(
         tokens=tokens,
@@ -299,8 +302,6 @@ def generate(
 def _uncached_step(vlm: VisionLM, inputs: dict[str, torch.Tensor], tokens: list[int], schedule: Schedule,
                    visual: torch.Tensor, positions: str, kept: list[torch.Tensor]) -> torch.Tensor:
     """Next-token logits of prompt + ``tokens`` recomputed from scratch with the same kept tokens."""
-    from ..scan import append_answer
-
     full = append_answer({k: v.cpu() for k, v in inputs.items()}, tokens)
     full = {k: v.to(vlm.device) for k, v in full.items()}
     replay = _Pruning(vlm, schedule, visual, positions, torch.Generator(), None, replay=kept)
