@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -32,9 +32,29 @@ HASHED_KEYS = (
 )
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    payload = json.dumps({k: config.get(k) for k in HASHED_KEYS}, sort_keys=True, default=str)
+def config_hash(config: dict[str, Any], keys: Sequence[str] = HASHED_KEYS) -> str:
+    payload = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def check_resume(meta: Path, config: dict[str, Any], keys: Sequence[str], resume: bool, what: str) -> bool:
+    """Whether ``meta`` (run.json, eval.json) already exists and ``config`` may continue it.
+
+    ``config`` must carry its ``config_hash``. Refuses, naming ``what`` the
+    directory holds, a rerun without ``resume`` and a resume whose hashed keys
+    differ (listing them).
+    """
+    if not meta.exists():
+        return False
+    directory = meta.parent
+    if not resume:
+        raise HorizonError(f"{directory} already holds {what}; pass --resume to continue it or choose another --out")
+    old = json.loads(meta.read_text())
+    if old.get("config_hash") != config["config_hash"]:
+        diff = [k for k in keys if old.get(k) != config.get(k)]
+        detail = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
+        raise HorizonError(f"cannot resume {directory}: configuration differs ({detail})")
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -68,14 +88,7 @@ class RunStore:
         """Create the run, or reopen it for resuming after checking the config."""
         config = {**config, "config_hash": config_hash(config)}
         run_json = self.path / "run.json"
-        if run_json.exists():
-            if not resume:
-                raise HorizonError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
-            old = json.loads(run_json.read_text())
-            if old.get("config_hash") != config["config_hash"]:
-                diff = [k for k in HASHED_KEYS if old.get(k) != config.get(k)]
-                detail = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
-                raise HorizonError(f"cannot resume {self.path}: configuration differs ({detail})")
+        if check_resume(run_json, config, HASHED_KEYS, resume, "a run"):
             self._load_existing()
             return
         if self.path.exists() and any(p.name != LOG_NAME for p in self.path.iterdir()):

@@ -28,7 +28,8 @@ from .. import __version__
 from ..data import Sample
 from ..errors import HorizonError, SampleError
 from ..model import VisionLM, load
-from ..store import atomic_write_bytes
+from ..scan import encode_sample
+from ..store import atomic_write_bytes, check_resume, config_hash
 from .generate import Generation, generate, prefill_flops, sample_seed
 from .metrics import exact_match, mme_scores, pope_scores, vqa_accuracy, yes_no
 from .readers import EvalSet, read_eval
@@ -37,7 +38,7 @@ from .schedule import Schedule, parse_schedule
 log = logging.getLogger("horizon")
 
 METRICS = ("auto", "exact", "vqa", "mme", "pope")
-HASHED = ("model", "data", "schedule", "switch_at", "horizon", "positions", "seeds", "seed", "max_new_tokens",
+HASHED = ("model", "data", "schedule", "switch_at", "schedules", "positions", "seeds", "seed", "max_new_tokens",
           "metric", "info_run", "dtype")
 
 
@@ -97,8 +98,8 @@ def model_label(vlm: VisionLM) -> str:
 
 # -- schedules per sample ------------------------------------------------------
 
-def read_horizons(path: str | Path, model: str, metric: str) -> dict[str, float | None]:
-    """task -> horizon layer (None: information never vanished) for ``model`` in a summary.json."""
+def horizon_records(path: str | Path, model: str, metric: str) -> dict[str, dict[str, Any]]:
+    """task -> summary.json record (``horizon``, ``horizon_ci``, ...) of ``model`` and ``metric``; may be empty."""
     path = Path(path)
     if not path.is_file():
         raise HorizonError(f"--summary {path}: file not found")
@@ -109,8 +110,14 @@ def read_horizons(path: str | Path, model: str, metric: str) -> dict[str, float 
     if not isinstance(records, list) or not all(isinstance(r, dict) and {"model", "task", "metric", "horizon"} <= r.keys()
                                                 for r in records):
         raise HorizonError(f"--summary {path}: expected the summary.json list written by horizon analyze")
-    found = {str(r["task"]): r["horizon"] for r in records if str(r["model"]) == model and r["metric"] == metric}
+    return {str(r["task"]): r for r in records if str(r["model"]) == model and r["metric"] == metric}
+
+
+def read_horizons(path: str | Path, model: str, metric: str) -> dict[str, float | None]:
+    """task -> horizon layer (None: information never vanished) for ``model`` in a summary.json."""
+    found = {task: r["horizon"] for task, r in horizon_records(path, model, metric).items()}
     if not found:
+        records = json.loads(Path(path).read_text())
         models = sorted({str(r["model"]) for r in records})
         raise HorizonError(f"--summary {path}: no {metric!r} horizon for model {model!r}; it has models "
                            f"{', '.join(models)} (choose with --horizon-model)")
@@ -288,20 +295,9 @@ class EvalStore:
         self.predictions = self.path / "predictions.jsonl"
 
     def open(self, config: dict[str, Any], resume: bool) -> list[dict[str, Any]]:
-        import hashlib
-
-        config = {**config, "config_hash": hashlib.sha256(json.dumps({k: config.get(k) for k in HASHED},
-                                                                      sort_keys=True, default=str).encode()).hexdigest()[:16]}
+        config = {**config, "config_hash": config_hash(config, HASHED)}
         meta = self.path / "eval.json"
-        if meta.exists():
-            if not resume:
-                raise HorizonError(f"{self.path} already holds an evaluation; pass --resume to continue it or "
-                                   "choose another --out")
-            old = json.loads(meta.read_text())
-            if old.get("config_hash") != config["config_hash"]:
-                diff = [k for k in HASHED if old.get(k) != config.get(k)]
-                detail = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
-                raise HorizonError(f"cannot resume {self.path}: configuration differs ({detail})")
+        if check_resume(meta, config, HASHED, resume, "an evaluation"):
             return self._read()
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(meta, (json.dumps(config, indent=2, default=str) + "\n").encode())
@@ -362,8 +358,6 @@ def prune_eval(
     ``answers`` / ``image_folder`` as they need), an :class:`EvalSet`, or
     Samples. Options are the fields of :class:`PruneConfig`.
     """
-    from ..scan import encode_sample
-
     cfg = config or PruneConfig(**options)
     cfg.validate()
     vlm = model if isinstance(model, VisionLM) else load(model)
@@ -388,7 +382,7 @@ def prune_eval(
     meta = {
         "horizon_version": __version__, "model": vlm.source, "data": evalset.source,
         "format": evalset.format, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
-        "horizon": {t: schedules.text_for(t) for t in sorted({s.task for s in samples})}
+        "schedules": {t: schedules.text_for(t) for t in sorted({s.task for s in samples})}
         if cfg.switch_at is not None else None,
         "positions": cfg.positions, "seeds": seeds, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
         "metric": metric, "info_run": str(cfg.info_run) if cfg.info_run else None,
@@ -408,7 +402,7 @@ def prune_eval(
     try:
         for sample, seed in todo:
             try:
-                row = _evaluate(vlm, sample, seed, cfg, schedules, metric, info, encoded, text_cfg, encode_sample)
+                row = _evaluate(vlm, sample, seed, cfg, schedules, metric, info, encoded, text_cfg)
             except SampleError as exc:
                 if cfg.on_error == "stop":
                     raise
@@ -433,7 +427,7 @@ def prune_eval(
     overall = tasks[tasks.task == "all"].to_dict("records")
     summary = {
         "model": vlm.source, "data": evalset.source, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
-        "schedules": meta["horizon"], "positions": cfg.positions, "metric": metric, "seeds": seeds,
+        "schedules": meta["schedules"], "positions": cfg.positions, "metric": metric, "seeds": seeds,
         **(overall[0] if overall else {"n_samples": 0}),
         "tasks": [r for r in tasks.to_dict("records") if r["task"] != "all"],
     }
@@ -443,7 +437,7 @@ def prune_eval(
 
 
 def _evaluate(vlm, sample: Sample, seed: int, cfg: PruneConfig, schedules: Schedules, metric: str,
-              info: InfoScores | None, encoded: dict, text_cfg, encode_sample) -> dict[str, Any]:
+              info: InfoScores | None, encoded: dict, text_cfg) -> dict[str, Any]:
     if sample.problem:
         raise SampleError(sample.id, sample.problem)
     if sample.id not in encoded:

@@ -17,7 +17,6 @@ number of visual tokens with the horizon marked.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -29,7 +28,7 @@ import pandas as pd
 
 from ..errors import HorizonError
 from ..model import VisionLM, load
-from .evaluate import PruneConfig, model_label, prune_eval
+from .evaluate import PruneConfig, horizon_records, model_label, prune_eval
 from .readers import EvalSet, read_eval
 from .strategies import METHODS
 
@@ -106,13 +105,6 @@ def grid_entries(cfg: GridConfig) -> list[dict[str, Any]]:
     return entries
 
 
-def horizon_records(path: str | Path | None, model: str, metric: str) -> dict[str, dict[str, Any]]:
-    if not path:
-        return {}
-    records = json.loads(Path(path).read_text())
-    return {str(r["task"]): r for r in records if str(r.get("model")) == model and r.get("metric") == metric}
-
-
 def prune_grid(
     model: VisionLM | str | Path,
     data: str | Path | EvalSet,
@@ -127,7 +119,7 @@ def prune_grid(
     figures: str | Path | None = None,
 ) -> pd.DataFrame:
     """Run every schedule of the grid; return the tidy results (also ``out/grid.csv``) and draw the figures."""
-    from ..plots import prune_tradeoff
+    from ..plots import _slug, prune_tradeoff
 
     cfg = config or GridConfig()
     vlm = model if isinstance(model, VisionLM) else load(model)
@@ -136,7 +128,7 @@ def prune_grid(
                                                                format=data_format)
     out = Path(out)
     name = cfg.eval.horizon_model or model_label(vlm)
-    horizons = horizon_records(cfg.eval.summary, name, cfg.eval.horizon_metric)
+    horizons = horizon_records(cfg.eval.summary, name, cfg.eval.horizon_metric) if cfg.eval.summary else {}
     rows = []
     entries = grid_entries(cfg)
     for i, entry in enumerate(entries, 1):
@@ -187,7 +179,3 @@ def prune_grid(
                        horizon=horizon, unpruned=float(unpruned.iloc[0]) if len(unpruned) else None,
                        name=f"prune_tradeoff_{_slug(name)}_{_slug(task)}")
     return frame
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
