@@ -377,8 +377,6 @@ def prune_eval(
     info = InfoScores(cfg.info_run, cfg.info_metric) if cfg.info_run else None
     if "info@" in cfg.schedule and info is None:
         raise HorizonError(f"--schedule {cfg.schedule!r} has an info stage: give the scan run with --info-run")
-    text_cfg = vlm.language_model.config
-
     meta = {
         "horizon_version": __version__, "model": vlm.source, "data": evalset.source,
         "format": evalset.format, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
@@ -398,11 +396,10 @@ def prune_eval(
 
     bar = tqdm(total=len(todo), unit="answer", disable=not progress, dynamic_ncols=True, desc="prune-eval")
     encoded: dict[str, Any] = {}
-    written = len(rows)
     try:
         for sample, seed in todo:
             try:
-                row = _evaluate(vlm, sample, seed, cfg, schedules, metric, info, encoded, text_cfg)
+                row = _evaluate(vlm, sample, seed, cfg, schedules, metric, info, encoded)
             except SampleError as exc:
                 if cfg.on_error == "stop":
                     raise
@@ -413,7 +410,7 @@ def prune_eval(
                 store.add(row)
             bar.update(1)
     except BaseException:
-        if store and written == 0 and len(rows) == 0:
+        if store and not rows:
             store.discard()  # nothing was done: leave no directory that blocks the corrected command
         raise
     finally:
@@ -436,14 +433,15 @@ def prune_eval(
     return PruneResult(predictions, summary, store.path if store else None, tasks)
 
 
-def _evaluate(vlm, sample: Sample, seed: int, cfg: PruneConfig, schedules: Schedules, metric: str,
-              info: InfoScores | None, encoded: dict, text_cfg) -> dict[str, Any]:
+def _evaluate(vlm: VisionLM, sample: Sample, seed: int, cfg: PruneConfig, schedules: Schedules, metric: str,
+              info: InfoScores | None, encoded: dict) -> dict[str, Any]:
     if sample.problem:
         raise SampleError(sample.id, sample.problem)
     if sample.id not in encoded:
-        encoded.clear()  # seeds of one sample run back to back; keep one encoding
-        encoded[sample.id] = encode_sample(vlm, sample)[0]
-    inputs = encoded[sample.id]
+        encoded.clear()  # seeds of one sample run back to back; keep one encoding and its info scores
+        inputs = encode_sample(vlm, sample)[0]
+        encoded[sample.id] = (inputs, info.for_sample(sample.id, inputs["input_ids"]) if info else None)
+    inputs, sample_info = encoded[sample.id]
     n_visual = int((inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).sum())
     if n_visual == 0:
         raise SampleError(sample.id, "the prompt holds no image tokens")
@@ -454,11 +452,12 @@ def _evaluate(vlm, sample: Sample, seed: int, cfg: PruneConfig, schedules: Sched
     start = time.perf_counter()
     gen: Generation = generate(
         vlm, inputs, schedule, positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
-        seed=sample_seed(seed, sample.id), info=info.for_sample(sample.id, inputs["input_ids"]) if info else None,
+        seed=sample_seed(seed, sample.id), info=sample_info,
     )
     if vlm.device.type == "cuda":
         torch.cuda.synchronize(vlm.device)
     seconds = time.perf_counter() - start
+    text_cfg = vlm.language_model.config
     full = [len(inputs["input_ids"][0])] * vlm.n_layers
     flops = prefill_flops(text_cfg, gen.tokens_per_layer)
     return {

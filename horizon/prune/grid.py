@@ -129,24 +129,23 @@ def prune_grid(
     out = Path(out)
     name = cfg.eval.horizon_model or model_label(vlm)
     horizons = horizon_records(cfg.eval.summary, name, cfg.eval.horizon_metric) if cfg.eval.summary else {}
-    rows = []
-    entries = grid_entries(cfg)
-    for i, entry in enumerate(entries, 1):
-        todo = evalset
-        if entry["switch"] == "horizon":
-            # only tasks whose horizon lies after the first stage can put the random stage there
-            def usable(task: str) -> bool:
-                h = horizons.get(task, {}).get("horizon")
-                return h is not None and math.ceil(h) > cfg.prune_layer
+    # a horizon switch needs a task whose horizon lies after the first stage
+    def usable(task: str) -> bool:
+        h = horizons.get(task, {}).get("horizon")
+        return h is not None and math.ceil(h) > cfg.prune_layer
 
-            keep = [s for s in evalset.samples if usable(s.task)]
-            missing = sorted({s.task for s in evalset.samples} - {s.task for s in keep})
-            if missing:
-                log.warning("grid: %s skips task(s) %s: no horizon after layer %d", entry["name"],
-                            ", ".join(missing), cfg.prune_layer)
-            if not keep:
-                continue
-            todo = EvalSet(keep, evalset.metric, evalset.format, evalset.source)
+    at_horizon = EvalSet([s for s in evalset.samples if usable(s.task)], evalset.metric, evalset.format,
+                         evalset.source)
+    entries = grid_entries(cfg)
+    missing = sorted({s.task for s in evalset.samples} - {s.task for s in at_horizon.samples})
+    if missing and any(e["switch"] == "horizon" for e in entries):
+        log.warning("grid: the horizon-switch schedules skip task(s) %s: no horizon after layer %d",
+                    ", ".join(missing), cfg.prune_layer)
+    rows = []
+    for i, entry in enumerate(entries, 1):
+        todo = at_horizon if entry["switch"] == "horizon" else evalset
+        if not todo.samples:
+            continue
         log.info("grid %d/%d: %s", i, len(entries), entry["name"])
         result = prune_eval(vlm, todo, out=out / entry["name"], resume=resume, progress=progress,
                             config=entry["config"])
