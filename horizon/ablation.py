@@ -35,10 +35,23 @@ MASKABLE_ATTENTION = ("sdpa", "eager")
 
 @dataclass(frozen=True)
 class Ablation:
-    """Remove ``removed`` (sorted sequence positions) from layer ``layer`` on."""
+    """Remove ``removed`` (sorted sequence positions) from layer ``layer`` on.
+
+    ``start`` makes an ablation that removes nothing still recompute from that
+    position on, like a real ablation whose first removed position it is: the
+    null ablations that measure a run's numerical floor go through the same
+    computation as the ablations they are compared with.
+    """
 
     layer: int
     removed: tuple[int, ...]
+    start: int | None = None
+
+    def first(self, default: int) -> int:
+        """The first position this ablation recomputes."""
+        if self.removed:
+            return self.removed[0]
+        return default if self.start is None else self.start
 
 
 @dataclass
@@ -113,11 +126,12 @@ def plan_batches(
     up to ``min_gap`` positions are always accepted: on short sequences a few
     recomputed positions cost less than another traced pass.
     """
-    order = sorted(range(len(ablations)), key=lambda i: (ablations[i].layer, ablations[i].removed[:1]))
+    end = seq_len or 0
+    order = sorted(range(len(ablations)), key=lambda i: (ablations[i].layer, ablations[i].first(end)))
     batches: list[list[int]] = []
     prefix = 0
     for i in order:
-        first = ablations[i].removed[0] if ablations[i].removed else (seq_len or 0)
+        first = ablations[i].first(end)
         if (
             batches
             and len(batches[-1]) < batch_size
@@ -168,7 +182,7 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
     first_scored = min(clean.scored)
     seq = max(clean.scored) + 1  # later positions cannot reach the scored ones (causal)
     # Everything before the earliest removed position is unchanged in every layer.
-    prefix = min(min(r.removed[:1] or (first_scored,)) for r in rows) if reuse_prefix else 0
+    prefix = min(r.first(first_scored) for r in rows) if reuse_prefix else 0
     prefix = min(prefix, first_scored)
 
     kept = []

@@ -5,6 +5,14 @@ All inputs are float32 log-probabilities at the scored answer positions:
 With ``--answer-span first`` m = 1; with ``full`` log-probabilities of the
 answer tokens are summed (the answer's log-likelihood) and KL is averaged over
 positions.
+
+KL is a sum of vocabulary terms that is non-negative only when both
+distributions sum to exactly one, which rounded log-softmax outputs do not.
+It is therefore computed in float64 in the form
+``sum_v q_v * phi(log p_v - log q_v)`` with ``phi(d) = d e^d - (e^d - 1)``:
+equal to KL(p || q) for normalised p and q, and made of terms that are each
+non-negative (``phi >= 0`` for every real d), so rounding can never make it
+negative; tiny negative terms from the last bit of ``phi`` are clipped to 0.
 """
 
 from __future__ import annotations
@@ -14,8 +22,11 @@ import torch
 from .errors import HorizonError
 
 REMOVE_METRICS = ("kl", "dlogp", "dprob")
-KEEP_METRICS = ("gain_logp", "gain_prob")
+KEEP_METRICS = ("gain_logp", "gain_prob", "keep_prob")
 DEFAULT_METRICS = {"remove": ("kl", "dlogp"), "keep": KEEP_METRICS}
+# Scores that are a level, not a change: zero does not mean "no information", so they get no
+# numerical floor and no horizon (their information reading is gain_prob = keep_prob - q_none).
+RAW_METRICS = frozenset({"keep_prob"})
 
 
 def check_metrics(protocol: str, metrics: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -38,9 +49,22 @@ def answer_logprob(logq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) summed over the vocabulary, averaged over positions. -> (B,)."""
-    p = logp.exp()
-    return (p * (logp - logq)).sum(-1).mean(-1)
+    """KL(p || q) summed over the vocabulary, averaged over positions; never negative. -> (B,).
+
+    Each vocabulary term is ``q * phi(d)`` with ``d = log p - log q`` and
+    ``phi(d) = d e^d - expm1(d) >= 0`` (see the module docstring), in float64.
+    """
+    dtype = torch.promote_types(logp.dtype, logq.dtype)
+    logp, logq = logp.double(), logq.double()
+    d = logp - logq
+    # phi(d) = d e^d - expm1(d), written so that no large terms cancel: for d -> 0 it is ~ d^2 / 2
+    phi = torch.where(d.abs() < 1e-3, d * d * (0.5 + d * (2.0 / 3.0)), d * d.exp() - torch.expm1(d))
+    q = logq.exp()
+    terms = q * phi.clamp_min(0.0)
+    # where a probability is exactly 0 the term is its limit: q (p = 0), +inf (q = 0), 0 (both)
+    edge = torch.where(logp == -torch.inf, q, torch.where(logq == -torch.inf, torch.inf, 0.0))
+    terms = torch.where(torch.isfinite(d), terms, edge)
+    return terms.sum(-1).mean(-1).to(dtype)
 
 
 def remove_scores(logp: torch.Tensor, logq: torch.Tensor, target: torch.Tensor, metrics) -> dict[str, torch.Tensor]:
@@ -65,4 +89,6 @@ def keep_scores(logq_none: torch.Tensor, logq_keep: torch.Tensor, target: torch.
         out["gain_logp"] = keep - none
     if "gain_prob" in metrics:
         out["gain_prob"] = keep.exp() - none.exp()
+    if "keep_prob" in metrics:
+        out["keep_prob"] = keep.exp()
     return out
