@@ -72,8 +72,12 @@ class CleanPass:
         return int(self.input_ids.shape[0])
 
     def scored_logprobs(self) -> torch.Tensor:
-        """(m, V) float32 log-probabilities at the scored positions."""
-        return torch.log_softmax(self.logits[0, self.scored].float(), dim=-1)
+        """(m, V) float64 log-probabilities at the scored positions.
+
+        float64 because a float32 log-softmax rounds log p to a multiple of
+        2^-23 near p = 1, which is larger than many real score differences.
+        """
+        return torch.log_softmax(self.logits[0, self.scored].double(), dim=-1)
 
 
 def ensure_maskable_attention(vlm: VisionLM) -> None:
@@ -169,7 +173,7 @@ def run_ablations(
     batch_size: int | None = None,
     reuse_prefix: bool = True,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield ``(indices, logprobs)`` per batch; logprobs is (B, m, V) float32 at the scored positions."""
+    """Yield ``(indices, logprobs)`` per batch; logprobs is (B, m, V) float64 at the scored positions."""
     batch_size = batch_size or auto_batch_size(vlm, clean)
     for batch in plan_batches(ablations, batch_size, clean.seq_len):
         yield batch, _ablated_pass(vlm, clean, [ablations[i] for i in batch], reuse_prefix)
@@ -232,4 +236,4 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
     out = final_layer(hidden[:, n - m:], attention_mask=mask[:, :, n - m:], past_key_values=cache,
                       position_embeddings=(rotary[0][:, n - m:], rotary[1][:, n - m:]))
     out = out[0] if isinstance(out, tuple) else out
-    return torch.log_softmax(vlm.lm_head(vlm.language_model.norm(out)).float(), dim=-1)
+    return torch.log_softmax(vlm.lm_head(vlm.language_model.norm(out)).double(), dim=-1)

@@ -7,6 +7,7 @@ then score every (layer, group) ablation with the engine.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import random
@@ -26,7 +27,7 @@ from .data import Sample, as_samples
 from .errors import HorizonError, SampleError
 from .groups import Group, tile
 from .model import VisionLM, load
-from .scores import DEFAULT_METRICS, check_metrics, keep_scores, remove_scores
+from .scores import DEFAULT_METRICS, RAW_METRICS, check_metrics, keep_scores, remove_scores
 from .store import GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore
 
 log = logging.getLogger("horizon")
@@ -155,6 +156,50 @@ def _ablations(groups: list[Group], visual: list[int], layers: list[int], protoc
     return [Ablation(l, tuple(sorted(everything - set(g.positions)))) for l in layers for g in groups]
 
 
+def null_ablations(visual: list[int], layers: list[int], protocol: str) -> list[Ablation]:
+    """Per layer, an ablation that changes nothing, computed like the real ones (the numerical floor).
+
+    ``remove``: remove nothing, recomputing from the first visual position as a
+    real removal does. ``keep``: keep no visual token, which is the baseline
+    itself; run in a batch of keep rows its score against the baseline is pure
+    rounding.
+    """
+    if protocol == "remove":
+        return [Ablation(l, (), start=min(visual)) for l in layers]
+    return [Ablation(l, tuple(sorted(visual))) for l in layers]
+
+
+# Rounding of the model's logits, in units of eps * max|logit| (eps: machine epsilon of the model's
+# dtype). Against a float64 reference the zoo models' float32 logits are off by up to about 4 units in
+# the last place of the largest logit, which is at most 4 * eps * max|logit|.
+ROUNDING_UNITS = 4.0
+ROUNDING_DRAWS = 8
+
+
+def rounding_scores(reference: torch.Tensor, scale: float, dtype: torch.dtype, score, generator: torch.Generator,
+                    draws: int = ROUNDING_DRAWS) -> dict[str, torch.Tensor]:
+    """Scores between a distribution and itself with its logits moved by rounding-sized amounts.
+
+    ``reference`` (m, V) log-probabilities; each draw adds independent uniform
+    noise of +-ROUNDING_UNITS * eps * ``scale`` to every logit and renormalises.
+    ``score(reference, perturbed)`` maps (m, V), (draws, m, V) to metric -> (draws,).
+    """
+    width = ROUNDING_UNITS * torch.finfo(dtype).eps * scale
+    noise = (torch.rand((draws, *reference.shape), generator=generator, dtype=torch.float64) * 2 - 1) * width
+    perturbed = torch.log_softmax(reference.double().cpu()[None] + noise, dim=-1)
+    return score(reference.double().cpu(), perturbed)
+
+
+def floor_of(*score_sets: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """A sample's numerical floor per metric: the largest |score| of its null ablations and rounding draws."""
+    floor: dict[str, float] = {}
+    for scores in score_sets:
+        for m, v in scores.items():
+            if m not in RAW_METRICS and len(v):
+                floor[m] = max(floor.get(m, 0.0), float(np.abs(np.asarray(v, dtype=np.float64)).max()))
+    return floor
+
+
 def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int], on_batch=None):
     """Scan one sample; returns (sample row, groups frame, scores frame)."""
     if sample.problem:
@@ -176,11 +221,14 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     clean = clean_pass(vlm, inputs, scored)
     target = torch.tensor(answer_ids, device=vlm.device)
     logp = clean.scored_logprobs()
-    ablations = _ablations(groups, visual, layers, cfg.protocol)
+    real = _ablations(groups, visual, layers, cfg.protocol)
+    # null ablations ride in the same batches as the real ones, so they see the same arithmetic
+    ablations = real + null_ablations(visual, layers, cfg.protocol)
     batch_size = cfg.batch_size or auto_batch_size(vlm, clean)
     n_batches = len(plan_batches(ablations, batch_size, clean.seq_len)) + (1 if cfg.protocol == "keep" else 0)
 
     values = {m: np.zeros(len(ablations), dtype=np.float32) for m in cfg.metrics}
+    n_real = len(real)
     none = {}
     if cfg.protocol == "keep":
         baseline = [Ablation(l, tuple(visual)) for l in layers]
@@ -199,6 +247,19 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
         if on_batch:
             on_batch(1 / n_batches)
 
+    # the floor: null ablations through the engine, and the scores that rounding of the logits alone gives
+    generator = torch.Generator().manual_seed(cfg.seed)
+    scale = float(clean.logits[0, scored].float().abs().max())
+    target_cpu = target.cpu()
+    if cfg.protocol == "remove":
+        rounding = [rounding_scores(logp, scale, vlm.dtype, lambda ref, q: remove_scores(ref, q, target_cpu, cfg.metrics),
+                                    generator)]
+    else:
+        rounding = [rounding_scores(none[l], scale, vlm.dtype, lambda ref, q: keep_scores(ref, q, target_cpu, cfg.metrics),
+                                    generator) for l in layers]
+    floor = floor_of({m: v[n_real:] for m, v in values.items()},
+                     *({m: v.numpy() for m, v in r.items()} for r in rounding))
+
     n_groups = len(groups)
     scores = pd.concat(
         [
@@ -207,7 +268,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
                 "layer": np.repeat(np.asarray(layers, dtype=np.int64), n_groups),
                 "group": np.tile(np.arange(n_groups, dtype=np.int64), len(layers)),
                 "metric": metric,
-                "value": values[metric],
+                "value": values[metric][:n_real],
             })
             for metric in cfg.metrics
         ],
@@ -227,6 +288,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
         "clean_logp": float(logp.gather(-1, target[:, None]).sum()),
         "clean_pred": vlm.tokenizer.decode(generated, skip_special_tokens=True).strip(),
         "status": "ok",
+        "floor": json.dumps(floor),
     }
     return row, group_frame, scores
 

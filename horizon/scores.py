@@ -1,6 +1,7 @@
 """Scores: how an ablation changed the answer's distribution (DESIGN §2).
 
-All inputs are float32 log-probabilities at the scored answer positions:
+All inputs are float64 log-probabilities at the scored answer positions (the
+engine's log-softmax runs in float64; values are stored as float32):
 ``logp`` (m, V) clean, ``logq`` (B, m, V) ablated, ``target`` (m,) token ids.
 With ``--answer-span first`` m = 1; with ``full`` log-probabilities of the
 answer tokens are summed (the answer's log-likelihood) and KL is averaged over

@@ -20,8 +20,10 @@ from .errors import HorizonError
 LOG_NAME = "scan.log"  # the only file besides the schema's that a run may hold
 SAMPLE_COLUMNS = [
     "sample_id", "task", "question", "answer", "input_ids", "answer_ids", "image",
-    "n_visual", "grid_h", "grid_w", "clean_logp", "clean_pred", "status",
+    "n_visual", "grid_h", "grid_w", "clean_logp", "clean_pred", "status", "floor",
 ]
+FLOOR_METHOD = ("largest |score| of the null ablations (one per scanned layer and sample: remove nothing, or keep "
+                "nothing against the keep baseline) computed in the same batches as the real ablations")
 GROUP_COLUMNS = ["sample_id", "group", "row", "col", "positions"]
 SCORE_COLUMNS = ["sample_id", "layer", "group", "metric", "value"]
 
@@ -77,6 +79,7 @@ class RunStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.config: dict[str, Any] = {}
         self.samples = pd.DataFrame(columns=SAMPLE_COLUMNS)
         self.groups = pd.DataFrame(columns=GROUP_COLUMNS)
 
@@ -89,8 +92,10 @@ class RunStore:
         config = {**config, "config_hash": config_hash(config)}
         run_json = self.path / "run.json"
         if check_resume(run_json, config, HASHED_KEYS, resume, "a run"):
+            self.config = json.loads(run_json.read_text())
             self._load_existing()
             return
+        self.config = config
         if self.path.exists() and any(p.name != LOG_NAME for p in self.path.iterdir()):
             raise HorizonError(f"{self.path} exists, is not empty and holds no run.json; choose another --out")
         self.scores_dir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +127,22 @@ class RunStore:
         row = pd.DataFrame([{k: sample_row.get(k) for k in SAMPLE_COLUMNS}])
         self.samples = pd.concat([self.samples, row], ignore_index=True) if len(self.samples) else row
         atomic_write_parquet(self.path / "samples.parquet", self.samples)
+        floor = run_floor(self.samples)
+        if floor != self.config.get("numerical_floor"):
+            self.config.update(numerical_floor=floor, numerical_floor_method=FLOOR_METHOD)
+            atomic_write_bytes(self.path / "run.json", (json.dumps(self.config, indent=2, default=str) + "\n").encode())
+
+
+def run_floor(samples: pd.DataFrame) -> dict[str, float]:
+    """The run's numerical floor per metric: the largest per-sample floor of its ok samples."""
+    if "floor" not in samples.columns:
+        return {}
+    ok = samples[samples.status.fillna("ok") == "ok"] if "status" in samples.columns else samples
+    floor: dict[str, float] = {}
+    for text in ok["floor"].dropna():
+        for metric, value in json.loads(text).items():
+            floor[metric] = max(floor.get(metric, 0.0), float(value))
+    return floor
 
 
 def read_scores(run: str | Path) -> pd.DataFrame:

@@ -34,12 +34,17 @@ def test_run_directory_matches_schema(checkpoints, dataset, tmp_path):
                 "answer_span", "seed", "versions", "config_hash"):
         assert key in config, key
     assert config["layers"] == [0, 1, 2] and config["metrics"] == ["kl", "dlogp", "dprob"]
+    # the numerical floor: per metric, the largest of the samples' floors (each a JSON object in samples.parquet)
+    per_sample = [json.loads(f) for f in pd.read_parquet(out / "samples.parquet")["floor"]]
+    assert set(config["numerical_floor"]) == {"kl", "dlogp", "dprob"} and config["numerical_floor_method"]
+    for metric, value in config["numerical_floor"].items():
+        assert value == max(f[metric] for f in per_sample) and 0 <= value < 1e-6
 
     samples = pq.read_table(out / "samples.parquet").schema
     expected = {"sample_id": "string", "task": "string", "question": "string", "answer": "string",
                 "input_ids": "list<element: int64>", "answer_ids": "list<element: int64>", "image": "string",
                 "n_visual": "int64", "grid_h": "int64", "grid_w": "int64", "clean_logp": "double",
-                "clean_pred": "string", "status": "string"}
+                "clean_pred": "string", "status": "string", "floor": "string"}
     assert {f.name: str(f.type).replace("large_", "").replace("item", "element") for f in samples} == expected
     groups = pq.read_table(out / "groups.parquet").schema
     assert [f.name for f in groups] == ["sample_id", "group", "row", "col", "positions"]
