@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import HorizonError
+from .records import VANISHING_TESTS
 from .store import LOG_NAME
 
 log = logging.getLogger("horizon")
@@ -44,6 +45,7 @@ def _stats_params(args: argparse.Namespace):
     from .stats import StatsParams
 
     return StatsParams(threshold=args.threshold, alpha=args.alpha, uniformity_threshold=args.uniformity,
+                       vanishing_test=args.vanishing_test,
                        n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed)
 
 
@@ -57,6 +59,9 @@ def _analyze(args: argparse.Namespace) -> int:
         a = row.task_a if row.kind == "task" else row.model_a
         b = row.task_b if row.kind == "task" else row.model_b
         where = row.model_a if row.kind == "task" else row.task_a
+        if row.difference != row.difference:  # NaN: nothing to compare
+            print(f"{row.metric} {row.kind}s in {where}: {a} vs {b}: {row.note}")
+            continue
         print(f"{row.metric} {row.kind}s in {where}: horizon({a}) - horizon({b}) = {row.difference:+.3g} {row.units} "
               f"[{row.difference_lo:+.3g}, {row.difference_hi:+.3g}], permutation p = {row.p_value:.3g}")
     print(f"wrote summary.json, summary.csv, curves.csv, comparisons.csv and {len(result['figures'])} figure files to {args.out}")
@@ -233,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--metric", default=None, help="analyse one metric only (default: every metric present)")
         a.add_argument("--threshold", type=float, default=0.05, help="vanishing threshold, fraction of the curve max")
         a.add_argument("--alpha", type=float, default=0.05, help="Holm-corrected one-sided test level")
+        a.add_argument("--vanishing-test", choices=VANISHING_TESTS, default="not-significant",
+                       help="when information counts as vanished: not significantly above the threshold "
+                            "(not-significant) or significantly below it (equivalence; the safe reading for pruning)")
         a.add_argument("--uniformity", type=float, default=0.9, help="uniformity level for the onset")
         a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
         a.add_argument("--n-perm", type=int, default=1000, help="permutations for comparison p-values")

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from .records import Horizon
 from .stats import StatsParams, analyze_frames, load_runs
 
 
@@ -37,7 +38,12 @@ def summary_records(summary: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def format_table(summary: pd.DataFrame) -> str:
-    """A short human-readable table of horizons and onsets."""
+    """A short human-readable table of horizons and onsets.
+
+    A horizon reads ``8 [6, 10]`` (layer [95% CI]), ``persists`` (information
+    reaches the last layer), ``no information`` (never above the numerical
+    floor) or ``undetermined`` (fewer than two samples).
+    """
     def span(v, lo, hi, fmt="{:.0f}"):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "none"
@@ -45,11 +51,12 @@ def format_table(summary: pd.DataFrame) -> str:
         return fmt.format(v) + ci
 
     rows = [("model", "task", "metric", "n", "horizon [CI]", "h/L", "uniform from [CI]")]
-    for r in summary.itertuples():
-        rows.append((str(r.model), str(r.task), str(r.metric), str(r.n_samples),
-                     span(r.horizon, r.horizon_lo, r.horizon_hi),
-                     span(r.relative_horizon, r.relative_horizon_lo, r.relative_horizon_hi, "{:.2f}"),
-                     span(r.uniformity_onset, r.uniformity_onset_lo, r.uniformity_onset_hi)))
+    for r in summary.to_dict("records"):
+        h = Horizon.from_record(r)
+        rows.append((str(r["model"]), str(r["task"]), str(r["metric"]), str(r["n_samples"]), h.describe(),
+                     span(r["relative_horizon"], r["relative_horizon_lo"], r["relative_horizon_hi"], "{:.2f}")
+                     if h.found else "-",
+                     span(r["uniformity_onset"], r["uniformity_onset_lo"], r["uniformity_onset_hi"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 

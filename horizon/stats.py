@@ -13,13 +13,27 @@ Pure functions of tidy DataFrames; no model needed. The pipeline:
    between models (same task, in relative depth) with a bootstrap CI and a
    permutation p-value.
 
+Numerical floor: every run records the largest score that rounding alone
+produces (``numerical_floor`` in run.json). Scores at or below it (in absolute
+value) are set to 0 before anything else, so information below the floor is
+zero. A curve whose mean information is never significantly above the floor
+has *no information at any layer* (status ``no-information``): no horizon.
+
 Horizon: the first scanned layer h such that at h and every later scanned
-layer the mean information is *not* significantly above the vanishing
-threshold (``threshold`` x the curve's maximum), by a one-sided one-sample
-t-test across samples, Holm-corrected over layers at level ``alpha``. If the
-last layer is still significant there is no horizon (None), never "the last
-layer". Bootstrap resamples with a horizon of None count as ``n_layers`` (past
-the last layer) in the CI.
+layer the mean information has *vanished*: it is at most the vanishing level
+tau = max(``threshold`` x the curve's maximum, the floor). Two tests decide
+"vanished", both one-sided one-sample t-tests across samples, Holm-corrected
+over layers at level ``alpha``:
+
+* ``not-significant`` (default): not significantly above tau. Lack of
+  evidence counts as vanished, so few or noisy samples give earlier horizons.
+* ``equivalence``: significantly below tau (TOST-style, one bound). Only
+  evidence of absence counts, so few samples give later horizons: the safe
+  reading when the horizon decides where pruning may go random.
+
+If the last layer has not vanished there is no horizon (status ``persists``),
+never "the last layer". Bootstrap resamples without a horizon count as
+``n_layers`` (past the last layer) in the CI.
 """
 
 from __future__ import annotations
@@ -36,6 +50,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from .errors import HorizonError
+from .records import FOUND, NO_INFORMATION, PERSISTS, UNDETERMINED, VANISHING_TESTS, Horizon
+from .scores import RAW_METRICS
 
 KEYS = ["model", "task", "metric"]
 SCORE_REQUIRED = ["sample_id", "layer", "group", "metric", "value"]
@@ -54,6 +70,16 @@ class StatsParams:
     n_boot: int = 1000
     n_perm: int = 1000
     seed: int = 0
+    vanishing_test: str = "not-significant"  # not-significant | equivalence (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.vanishing_test not in VANISHING_TESTS:
+            raise HorizonError(f"vanishing test must be one of {', '.join(VANISHING_TESTS)}, "
+                               f"got {self.vanishing_test!r}")
+        if not 0 < self.alpha < 1:
+            raise HorizonError(f"alpha must be between 0 and 1, got {self.alpha}")
+        if not 0 <= self.threshold < 1:
+            raise HorizonError(f"threshold must be in [0, 1), got {self.threshold}")
 
 
 # ---------------------------------------------------------------- loading
@@ -91,12 +117,24 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         groups = pd.read_parquet(path / "groups.parquet") if (path / "groups.parquet").exists() else None
         n_layers = int(config.get("n_layers") or (scores.layer.max() + 1 if len(scores) else 0))
         runs.append({"path": path, "config": config, "samples": samples, "groups": groups, "scores": scores,
-                     "model": model_name(config, path), "n_layers": n_layers})
+                     "model": model_name(config, path), "n_layers": n_layers, "floor": _floor(config, samples)})
     return runs
 
 
+def _floor(config: dict[str, Any], samples: pd.DataFrame) -> dict[str, float]:
+    """The run's numerical floor per metric: from its samples when they carry one, else run.json, else none."""
+    from .store import run_floor
+
+    floor = run_floor(samples) or config.get("numerical_floor") or {}
+    return {str(k): float(v) for k, v in floor.items()}
+
+
 def tidy_scores(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Scores of ok samples from all runs, with model, task and n_layers columns."""
+    """Scores of ok samples from all runs, with model, task, n_layers and floor columns.
+
+    Raw levels (``keep_prob``) are left out: zero is not "no information" for
+    them; their information reading is ``gain_prob``.
+    """
     frames = []
     for i, run in enumerate(runs):
         samples = run["samples"]
@@ -104,12 +142,14 @@ def tidy_scores(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
             samples = samples[samples.status.fillna("ok") == "ok"]
         task = samples.set_index("sample_id").task.astype(str)
         scores = run["scores"]
-        scores = scores[scores.sample_id.isin(task.index)]
+        scores = scores[scores.sample_id.isin(task.index) & ~scores.metric.isin(RAW_METRICS)]
+        floor = run.get("floor") or {}
         frames.append(pd.DataFrame({
             "model": run["model"], "task": scores.sample_id.map(task).to_numpy(),
             "sample_id": f"{i}:" + scores.sample_id.astype(str), "layer": scores.layer.astype(int).to_numpy(),
             "group": scores.group.astype(int).to_numpy(), "metric": scores.metric.astype(str).to_numpy(),
             "value": scores.value.astype(np.float64).to_numpy(), "n_layers": run["n_layers"],
+            "floor": scores.metric.map(lambda m: floor.get(str(m), 0.0)).astype(np.float64).to_numpy(),
         }))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
@@ -124,13 +164,16 @@ def sample_layer_stats(scores: pd.DataFrame, top_share: float = 0.10) -> pd.Data
     """Per (model, task, metric, sample, layer): mean_info, uniformity, entropy, top_share.
 
     ``scores`` needs model, task, metric, sample_id, layer, value (one row per
-    group). Uniformity is 1 - Gini of max(value, 0) over groups (1 = perfectly
+    group). With a ``floor`` column, values within +-floor are zero first.
+    Uniformity is 1 - Gini of max(value, 0) over groups (1 = perfectly
     uniform); entropy is that distribution's entropy / log(#groups). Both are
     NaN when no group carries positive information.
     """
     keys = [*KEYS, "sample_id", "layer"]
-    extra = ["n_layers"] if "n_layers" in scores.columns else []
+    extra = [c for c in ("n_layers", "floor") if c in scores.columns]
     frame = scores[keys + extra + ["value"]].copy()
+    if "floor" in frame.columns:
+        frame["value"] = frame.value.where(frame.value.abs() > frame["floor"], 0.0)
     frame["pos"] = frame.value.clip(lower=0.0)
     frame = frame.sort_values(keys + ["pos"], kind="mergesort")
     grouped = frame.groupby(keys, sort=False)
@@ -144,7 +187,7 @@ def sample_layer_stats(scores: pd.DataFrame, top_share: float = 0.10) -> pd.Data
     frame["top"] = np.where(frame["n"] - frame["rank"] < top_k, frame.pos, 0.0)
     agg = frame.groupby(keys, sort=True).agg(
         mean_info=("value", "mean"), total=("pos", "sum"), gini=("gini_term", "sum"), plogp=("plogp", "sum"),
-        top=("top", "sum"), n=("n", "first"), **({"n_layers": ("n_layers", "first")} if extra else {}),
+        top=("top", "sum"), n=("n", "first"), **{c: (c, "first") for c in extra},
     ).reset_index()
     has_info = agg.total > 0
     agg["uniformity"] = np.where(has_info, 1.0 - agg.gini / (agg.n * agg.total.where(has_info, 1.0)), np.nan)
@@ -193,25 +236,44 @@ def holm(p: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- horizon and onset
 
 
-def _significant(mean: np.ndarray, sq_mean: np.ndarray, n: int, threshold: float, alpha: float) -> np.ndarray:
-    """Which layers are significantly above threshold x max(mean). Rows are resamples."""
-    tau = threshold * np.clip(np.nanmax(mean, axis=-1, keepdims=True), 0.0, None)
+def _one_sided(mean: np.ndarray, sq_mean: np.ndarray, n: int, level: np.ndarray | float, alpha: float,
+               above: bool) -> np.ndarray:
+    """Which layers are significantly above (``above``) or below ``level``, Holm-corrected per row."""
     var = np.clip(sq_mean - mean**2, 0.0, None) * n / max(n - 1, 1)
     se = np.sqrt(var / n)
+    diff = (mean - level) if above else (level - mean)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = (mean - tau) / se
-    p = np.where(se > 0, sps.t.sf(t, df=max(n - 1, 1)), np.where(mean > tau, 0.0, 1.0))
+        t = diff / se
+    p = np.where(se > 0, sps.t.sf(t, df=max(n - 1, 1)), np.where(diff > 0, 0.0, 1.0))
     if n < 2:
         p = np.ones_like(p)  # one sample supports no test
     return holm(p) < alpha
 
 
-def _horizon_index(sig: np.ndarray) -> np.ndarray:
-    """Index of the first layer after the last significant one; len = none (per row)."""
-    n_layers = sig.shape[-1]
-    any_sig = sig.any(axis=-1)
-    last = n_layers - 1 - np.argmax(sig[..., ::-1], axis=-1)
-    return np.where(any_sig, last + 1, 0)
+def _vanishing_level(mean: np.ndarray, threshold: float, floor: float) -> np.ndarray:
+    """tau per row: threshold x the curve's maximum, never below the numerical floor."""
+    return np.maximum(threshold * np.clip(np.nanmax(mean, axis=-1, keepdims=True), 0.0, None), floor)
+
+
+def _vanished(mean: np.ndarray, sq_mean: np.ndarray, n: int, params: StatsParams, floor: float = 0.0) -> np.ndarray:
+    """Which layers' information has vanished, by ``params.vanishing_test``. Rows are resamples."""
+    tau = _vanishing_level(mean, params.threshold, floor)
+    if params.vanishing_test == "equivalence":
+        return _one_sided(mean, sq_mean, n, tau, params.alpha, above=False)
+    return ~_one_sided(mean, sq_mean, n, tau, params.alpha, above=True)
+
+
+def _informative(mean: np.ndarray, sq_mean: np.ndarray, n: int, floor: float, alpha: float) -> np.ndarray:
+    """Whether any layer's mean information is significantly above the floor (per row)."""
+    return _one_sided(mean, sq_mean, n, floor, alpha, above=True).any(axis=-1)
+
+
+def _horizon_index(vanished: np.ndarray) -> np.ndarray:
+    """Index of the first layer after the last one that has not vanished; len = none (per row)."""
+    n_layers = vanished.shape[-1]
+    alive = ~vanished
+    last = n_layers - 1 - np.argmax(alive[..., ::-1], axis=-1)
+    return np.where(alive.any(axis=-1), last + 1, 0)
 
 
 def _onset_index(uniformity: np.ndarray, end: np.ndarray, level: float) -> np.ndarray:
@@ -232,8 +294,7 @@ def _onset_index(uniformity: np.ndarray, end: np.ndarray, level: float) -> np.nd
 
 @dataclass
 class CurveEstimate:
-    horizon: float | None
-    horizon_ci: tuple[float, float]
+    horizon: Horizon
     onset: float | None
     onset_ci: tuple[float, float]
     threshold_value: float
@@ -242,20 +303,28 @@ class CurveEstimate:
 
 def estimate(
     info: np.ndarray, uniformity: np.ndarray, layers: np.ndarray, n_layers: int, params: StatsParams,
-    rng: np.random.Generator,
+    rng: np.random.Generator, floor: float = 0.0,
 ) -> CurveEstimate:
     """Horizon and uniformity onset of one (samples x layers) matrix, with bootstrap CIs.
 
-    With fewer than two samples nothing can be tested: horizon and onset are None.
+    ``floor`` is the runs' numerical floor for this metric (scores already
+    zeroed within it). With fewer than two samples nothing can be tested
+    (status ``undetermined``); a curve never significantly above the floor
+    has status ``no-information``.
     """
     n = info.shape[0]
+    test = params.vanishing_test
+    nan2 = (math.nan, math.nan)
     if n < 2:
-        nan2 = (math.nan, math.nan)
-        value = float(params.threshold * max(np.nanmax(info), 0.0)) if info.size else math.nan
-        return CurveEstimate(None, nan2, None, nan2, value, np.full(params.n_boot, math.nan))
+        value = float(max(params.threshold * max(np.nanmax(info), 0.0), floor)) if info.size else math.nan
+        return CurveEstimate(Horizon(UNDETERMINED, n_layers=n_layers, test=test), None, nan2, value,
+                             np.full(params.n_boot, math.nan))
     mean, sq = np.nanmean(info, 0), np.nanmean(info**2, 0)
-    sig = _significant(mean[None], sq[None], n, params.threshold, params.alpha)[0]
-    h_idx = int(_horizon_index(sig[None])[0])
+    threshold_value = float(_vanishing_level(mean[None], params.threshold, floor)[0, 0])
+    if not _informative(mean[None], sq[None], n, floor, params.alpha)[0]:
+        return CurveEstimate(Horizon(NO_INFORMATION, n_layers=n_layers, test=test), None, nan2, threshold_value,
+                             np.full(params.n_boot, math.nan))
+    h_idx = int(_horizon_index(_vanished(mean[None], sq[None], n, params, floor))[0])
     horizon = None if h_idx >= len(layers) else float(layers[h_idx])
     u_mean = np.nanmean(uniformity, 0) if np.isfinite(uniformity).any() else np.full(len(layers), np.nan)
     o_idx = int(_onset_index(u_mean, np.array([h_idx]), params.uniformity_threshold)[0])
@@ -263,20 +332,29 @@ def estimate(
 
     w = _weights(rng, n, params.n_boot)
     b_mean, b_sq = (w @ np.nan_to_num(info)) / n, (w @ np.nan_to_num(info**2)) / n
-    b_idx = _horizon_index(_significant(b_mean, b_sq, n, params.threshold, params.alpha))
+    b_idx = _horizon_index(_vanished(b_mean, b_sq, n, params, floor))
     padded = np.append(layers, n_layers).astype(np.float64)
     b_h = padded[b_idx]
     b_u = _weighted_nanmean(w, uniformity)
     b_o = _onset_index(b_u, b_idx, params.uniformity_threshold)
     b_onset = np.where(b_o >= 0, padded[np.clip(b_o, 0, None)], np.nan)
+    if horizon is None:
+        record = Horizon(PERSISTS, n_layers=n_layers, test=test)
+    else:
+        lo, hi = _interval(b_h, params.ci)
+        record = Horizon(FOUND, horizon, lo, hi, n_layers, test)
     return CurveEstimate(
-        horizon=horizon,
-        horizon_ci=_interval(b_h, params.ci) if horizon is not None else (math.nan, math.nan),
+        horizon=record,
         onset=onset,
-        onset_ci=_interval(b_onset, params.ci) if onset is not None else (math.nan, math.nan),
-        threshold_value=float(params.threshold * max(np.nanmax(mean), 0.0)),
+        onset_ci=_interval(b_onset, params.ci) if onset is not None else nan2,
+        threshold_value=threshold_value,
         boot_horizons=b_h,
     )
+
+
+def _floor_of(part: pd.DataFrame) -> float:
+    """The numerical floor of a curve's runs (the largest, when runs were pooled)."""
+    return float(part["floor"].max()) if "floor" in part.columns and len(part) else 0.0
 
 
 def _depth(part: pd.DataFrame) -> int:
@@ -321,7 +399,7 @@ def curves(per_sample: pd.DataFrame, params: StatsParams | None = None) -> pd.Da
 
 
 def summarize(per_sample: pd.DataFrame, params: StatsParams | None = None) -> pd.DataFrame:
-    """Per (model, task, metric): horizon, relative horizon, uniformity onset, with CIs."""
+    """Per (model, task, metric): horizon (with its status), relative horizon, uniformity onset, with CIs."""
     params = params or StatsParams()
     rng = np.random.default_rng(params.seed)
     rows = []
@@ -329,17 +407,16 @@ def summarize(per_sample: pd.DataFrame, params: StatsParams | None = None) -> pd
         n_layers = _depth(part)
         info, layers = _matrices(part, "mean_info")
         uniformity, _ = _matrices(part, "uniformity")
-        est = estimate(info, uniformity, layers, n_layers, params, rng)
-        rel = (lambda v: v / n_layers if v is not None and not math.isnan(v) else math.nan)
+        floor = _floor_of(part)
+        est = estimate(info, uniformity, layers, n_layers, params, rng, floor)
         rows.append({
             "model": model, "task": task, "metric": metric, "n_samples": info.shape[0], "n_layers": n_layers,
-            "horizon": est.horizon, "horizon_lo": est.horizon_ci[0], "horizon_hi": est.horizon_ci[1],
-            "relative_horizon": rel(est.horizon), "relative_horizon_lo": rel(est.horizon_ci[0]),
-            "relative_horizon_hi": rel(est.horizon_ci[1]),
+            **est.horizon.columns(),
             "uniformity_onset": est.onset, "uniformity_onset_lo": est.onset_ci[0],
             "uniformity_onset_hi": est.onset_ci[1],
-            "threshold": params.threshold, "threshold_value": est.threshold_value, "alpha": params.alpha,
-            "uniformity_threshold": params.uniformity_threshold, "n_boot": params.n_boot, "seed": params.seed,
+            "threshold": params.threshold, "threshold_value": est.threshold_value, "floor": floor,
+            "alpha": params.alpha, "uniformity_threshold": params.uniformity_threshold, "n_boot": params.n_boot,
+            "seed": params.seed,
         })
     return pd.DataFrame(rows)
 
@@ -353,11 +430,12 @@ def _relative_matrix(part: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(grid, depth, row) for row in info])
 
 
-def _horizon_of(info: np.ndarray, axis: np.ndarray, params: StatsParams, past_end: float) -> np.ndarray:
+def _horizon_of(info: np.ndarray, axis: np.ndarray, params: StatsParams, past_end: float,
+                floor: float = 0.0) -> np.ndarray:
     """Horizon per stacked matrix (k, n, L) -> (k,), ``past_end`` where none."""
     n = info.shape[1]
-    sig = _significant(info.mean(1), (info**2).mean(1), n, params.threshold, params.alpha)
-    return np.append(axis, past_end)[_horizon_index(sig)]
+    vanished = _vanished(info.mean(1), (info**2).mean(1), n, params, floor)
+    return np.append(axis, past_end)[_horizon_index(vanished)]
 
 
 def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative: bool,
@@ -366,7 +444,10 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
 
     ``relative`` compares on relative depth: each sample's curve is interpolated
     onto the union of both models' relative layer positions, so models of
-    different depth become exchangeable under the null hypothesis.
+    different depth become exchangeable under the null hypothesis. Both sides
+    use the larger of their numerical floors. When either side has no
+    information at any layer there is no horizon to compare: the difference
+    is NaN and ``note`` says which side.
     """
     if relative:
         depths = [part.layer.unique() / _depth(part) for part in (a, b)]
@@ -378,8 +459,17 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
         if not np.array_equal(axis, axis_b):
             raise HorizonError("tasks compared within a model must share the scanned layers")
         past_end = float(_depth(a))
-    ha = _horizon_of(xa[None], axis, params, past_end)[0]
-    hb = _horizon_of(xb[None], axis, params, past_end)[0]
+    floor = max(_floor_of(a), _floor_of(b))
+    units = "relative depth" if relative else "layers"
+    empty = [side for side, x in (("a", xa), ("b", xb))
+             if len(x) >= 2 and not _informative(x.mean(0)[None], (x**2).mean(0)[None], len(x), floor, params.alpha)[0]]
+    if empty:
+        nan = math.nan
+        return {"horizon_a": nan, "horizon_b": nan, "difference": nan, "difference_lo": nan, "difference_hi": nan,
+                "p_value": nan, "units": units,
+                "note": f"no information at any layer in {' and '.join(empty)}: no horizons to compare"}
+    ha = _horizon_of(xa[None], axis, params, past_end, floor)[0]
+    hb = _horizon_of(xb[None], axis, params, past_end, floor)[0]
     observed = ha - hb
     na, nb = len(xa), len(xb)
     chunk = max(1, int(2e7 // ((na + nb) * len(axis))))  # bound memory: ~160 MB of float64 per step
@@ -388,18 +478,19 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
         k = min(chunk, params.n_boot - start)
         boot_a = xa[rng.integers(0, na, size=(k, na))]
         boot_b = xb[rng.integers(0, nb, size=(k, nb))]
-        diff.append(_horizon_of(boot_a, axis, params, past_end) - _horizon_of(boot_b, axis, params, past_end))
+        diff.append(_horizon_of(boot_a, axis, params, past_end, floor)
+                    - _horizon_of(boot_b, axis, params, past_end, floor))
     pooled = np.concatenate([xa, xb])
     for start in range(0, params.n_perm, chunk):
         k = min(chunk, params.n_perm - start)
         shuffled = pooled[np.stack([rng.permutation(na + nb) for _ in range(k)])]
-        null.append(_horizon_of(shuffled[:, :na], axis, params, past_end)
-                    - _horizon_of(shuffled[:, na:], axis, params, past_end))
+        null.append(_horizon_of(shuffled[:, :na], axis, params, past_end, floor)
+                    - _horizon_of(shuffled[:, na:], axis, params, past_end, floor))
     diff, null = np.concatenate(diff), np.concatenate(null)
     p = (1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (params.n_perm + 1)
     lo, hi = _interval(diff, params.ci)
     return {"horizon_a": ha, "horizon_b": hb, "difference": observed, "difference_lo": lo, "difference_hi": hi,
-            "p_value": float(p), "units": "relative depth" if relative else "layers",
+            "p_value": float(p), "units": units,
             "note": "a horizon past the last layer (none) counts as " + ("1.0" if relative else "n_layers")}
 
 

@@ -42,13 +42,14 @@ def test_planted_horizon_and_onset_are_found(shape, options, onset, horizon):
 @pytest.mark.parametrize("shape", ["sharp", "never_decay"])
 def test_a_curve_that_never_vanishes_has_no_horizon(shape):
     row = summary_of(synthetic_scores(shape, horizon=None))
-    assert row.horizon is None or math.isnan(row.horizon)
-    assert math.isnan(row.relative_horizon) and math.isnan(row.horizon_lo)
+    assert row.horizon_status == "persists"
+    assert math.isnan(row.horizon) and math.isnan(row.relative_horizon) and math.isnan(row.horizon_lo)
 
 
 def test_a_single_sample_supports_no_horizon():
     row = summary_of(synthetic_scores(n_samples=1))
-    assert row.n_samples == 1 and row.horizon is None and row.uniformity_onset is None
+    assert row.n_samples == 1 and row.horizon_status == "undetermined" and math.isnan(row.horizon)
+    assert row.uniformity_onset is None
 
 
 def test_uniformity_and_concentration_measures():
