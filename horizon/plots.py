@@ -54,6 +54,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from .errors import HorizonError
+from .records import FOUND, NO_INFORMATION, PERSISTS, Horizon
 
 DPI = 150
 FIGSIZE = (6.4, 4.0)
@@ -241,6 +242,11 @@ def _curve_panels(axes, c: pd.DataFrame, s: pd.DataFrame | None, models: list, t
                     line = ax.axvline if m.axis == "v" else ax.axhline
                     line(float(row[m.field]), color=col, ls=m.ls, lw=m.lw)
                     drawn.add(i)
+        empty = [str(t) for t in tasks if (_summary_row(s, model, t) or {}).get("horizon_status") == NO_INFORMATION]
+        if empty:
+            ax.text(0.98, 0.97, "no information at any layer\n(never above the numerical floor):\n" + ", ".join(empty),
+                    transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.25",
+                    bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.7", lw=0.6))
         ax.set_xlabel("decoder layer")
         _title(ax, _model_title(model, cm))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -344,10 +350,16 @@ def _dodge(i: int, n: int, width: float = 0.6) -> float:
     return 0.0 if n <= 1 else (i - (n - 1) / 2) * width / (n - 1)
 
 
-def _point_ci(ax, x: float, y: Any, lo: Any, hi: Any, color, marker: str, nan_y: float) -> bool:
-    """Point with its CI; a NaN point is drawn hollow at `nan_y`. Returns True if it was NaN."""
+def _point_ci(ax, x: float, y: Any, lo: Any, hi: Any, color, marker: str, nan_y: dict[str, float],
+              status: Any = None) -> bool:
+    """Point with its CI; a horizon without a layer is drawn in the band row of its status
+    (hollow: information persists; a cross: no information at any layer). Returns True if it had no layer."""
     if not _finite(y):
-        ax.plot([x], [nan_y], marker=marker, ms=7, mfc="white", mec=color, mew=1.6, ls="none", zorder=3)
+        if status == NO_INFORMATION:
+            ax.plot([x], [nan_y[NO_INFORMATION]], marker="X", ms=8, color=color, mec="white", mew=0.6, ls="none",
+                    zorder=3)
+        else:
+            ax.plot([x], [nan_y[PERSISTS]], marker=marker, ms=7, mfc="white", mec=color, mew=1.6, ls="none", zorder=3)
         return True
     if _finite(lo) and _finite(hi):
         ax.vlines(x, float(lo), float(hi), color=color, lw=1.6, zorder=2)
@@ -356,12 +368,13 @@ def _point_ci(ax, x: float, y: Any, lo: Any, hi: Any, color, marker: str, nan_y:
     return False
 
 
-def _no_horizon_band(ax, top: float, any_nan: bool, relative: bool) -> float:
-    """y-limits and ticks; with missing horizons, a shaded band above `top` labelled 'no horizon'.
+def _no_horizon_band(ax, top: float, any_nan: bool, relative: bool) -> dict[str, float]:
+    """y-limits and ticks; with missing horizons, a shaded band above `top` with two rows:
+    'persists' (information reaches the last layer) and 'no information' (never above the floor).
 
-    Returns the y at which missing horizons are drawn.
+    Returns the y of each row, by status.
     """
-    nan_y = top * 1.14
+    nan_y = {PERSISTS: top * 1.11, NO_INFORMATION: top * 1.22}
     if relative:
         ticks = [0.0, 0.25, 0.5, 0.75, 1.0]
         labels = ["0", "0.25", "0.5", "0.75", "1"]
@@ -369,9 +382,10 @@ def _no_horizon_band(ax, top: float, any_nan: bool, relative: bool) -> float:
         ticks = [t for t in MaxNLocator(integer=True, nbins=6).tick_values(0, top) if 0 <= t <= top]
         labels = [f"{t:g}" for t in ticks]
     if any_nan:
-        ax.axhspan(top * 1.05, top * 1.23, color="0.92", zorder=0, lw=0)
-        ticks, labels = ticks + [nan_y], labels + ["no\nhorizon"]
-        ax.set_ylim(0, top * 1.23)
+        ax.axhspan(top * 1.05, top * 1.28, color="0.92", zorder=0, lw=0)
+        ticks = ticks + [nan_y[PERSISTS], nan_y[NO_INFORMATION]]
+        labels = labels + ["persists", "no info"]
+        ax.set_ylim(0, top * 1.28)
     else:
         ax.set_ylim(0, top * 1.05)
     ax.set_yticks(ticks)
@@ -382,8 +396,10 @@ def _no_horizon_band(ax, top: float, any_nan: bool, relative: bool) -> float:
 def plot_horizons(summary: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]:
     """Horizon per task (point + CI), one colour per model; left: layer, right: relative depth.
 
-    A missing horizon (NaN) is a hollow marker in a shaded band labelled
-    'no horizon'. Writes ``horizons_{metric}``.
+    A curve without a horizon is drawn in a shaded band above the axis: a
+    hollow marker in the row 'persists' (information reaches the last layer),
+    a cross in the row 'no info' (no information at any layer). Writes
+    ``horizons_{metric}``.
     """
     s = _select(summary, metric, "summary")
     models, tasks = _order(s["model"]), _order(s["task"])
@@ -405,7 +421,7 @@ def plot_horizons(summary: pd.DataFrame, metric: str, out_dir: Path) -> list[Pat
                             continue
                         r = st.iloc[0]
                         _point_ci(ax, j + _dodge(i, len(models)), r[col], r.get(f"{col}_lo"), r.get(f"{col}_hi"),
-                                  colors[model], "o", nan_y)
+                                  colors[model], "o", nan_y, r.get("horizon_status"))
                     if not relative and "n_layers" in sm.columns and sm["n_layers"].notna().any():
                         ax.axhline(float(sm["n_layers"].dropna().iloc[0]), color=colors[model], ls=":", lw=1.0)
                 ax.set_xticks(range(len(tasks)))
@@ -447,7 +463,8 @@ def plot_capacity(summary: pd.DataFrame, metric: str, out_dir: Path) -> list[Pat
                         continue
                     r = st.iloc[0]
                     _point_ci(ax, i + _dodge(j, len(tasks)), r["relative_horizon"], r.get("relative_horizon_lo"),
-                              r.get("relative_horizon_hi"), colors[task], markers[task], nan_y)
+                              r.get("relative_horizon_hi"), colors[task], markers[task], nan_y,
+                              r.get("horizon_status"))
             ax.set_xticks(range(len(models)))
             long = max((len(str(m)) for m in models), default=0) > 14
             ax.set_xticklabels([str(m) for m in models], rotation=20 if long else 0, ha="right" if long else "center")
@@ -685,40 +702,12 @@ PRUNE_COLUMNS = ("method", "kind", "budget", "switch_layer", "avg_tokens", "accu
 _PRUNE_KINDS = ("single", "hybrid")
 
 
-@dataclass(frozen=True)
-class _Horizon:
-    """One (model, task)'s information horizon: layer and CI (NaN when unknown) and the model depth."""
-
-    layer: float = math.nan
-    lo: float = math.nan
-    hi: float = math.nan
-    n_layers: int | None = None
-
-    @property
-    def found(self) -> bool:
-        return _finite(self.layer)
-
-    @property
-    def switch(self) -> int | None:
-        """The horizon rounded up to a whole layer: the switch layer that starts pruning at the horizon."""
-        return math.ceil(self.layer) if self.found else None
-
-
-def _horizon_of(value: Mapping | None) -> _Horizon:
-    if value is None:
-        return _Horizon()
-    num = {k: float(value[k]) if _finite(value.get(k)) else math.nan for k in ("layer", "lo", "hi")}
-    n = value.get("n_layers")
-    return _Horizon(num["layer"], num["lo"], num["hi"], int(n) if _finite(n) else None)
-
-
-def _horizon_for(horizon: Mapping | None, pair: tuple) -> _Horizon:
-    """`horizon` is one horizon dict (every panel row) or a {(model, task): horizon dict} mapping."""
-    if horizon is None:
-        return _Horizon()
-    if any(k in horizon for k in ("layer", "lo", "hi", "n_layers")):
-        return _horizon_of(horizon)
-    return _horizon_of(horizon.get(pair))
+def _horizon_for(horizon: Horizon | Mapping | None, pair: tuple) -> Horizon:
+    """`horizon` is one Horizon (every panel row) or a {(model, task): Horizon} mapping."""
+    if isinstance(horizon, Horizon):
+        return horizon
+    found = horizon.get(pair) if horizon is not None else None
+    return found if isinstance(found, Horizon) else Horizon(PERSISTS)
 
 
 def _base_method(method: Any) -> str:
@@ -785,7 +774,7 @@ def _prune_line(ax, rows: pd.DataFrame, x: str, color, marker: str, hybrid: bool
     return Line2D([], [], label=label, **style)
 
 
-def _hybrid_rows(rows: pd.DataFrame, h: _Horizon) -> tuple[pd.DataFrame, str]:
+def _hybrid_rows(rows: pd.DataFrame, h: Horizon) -> tuple[pd.DataFrame, str]:
     """A hybrid method's rows at the horizon's switch layer if it has any, else at its smallest switch layer.
 
     Returns the rows and the legend note saying which.
@@ -804,7 +793,7 @@ def _median_budget(budgets: Iterable[float]) -> float | None:
     return vals[(len(vals) - 1) // 2] if vals else None
 
 
-def _prune_row(ax_tok, ax_sw, rp: pd.DataFrame, h: _Horizon, unpruned: float | None, pair: tuple,
+def _prune_row(ax_tok, ax_sw, rp: pd.DataFrame, h: Horizon, unpruned: float | None, pair: tuple,
                styles: dict) -> list:
     """Draw one (model, task)'s panels; return its legend handles."""
     singles, hybrids = rp[rp["kind"] == "single"], rp[rp["kind"] == "hybrid"]
@@ -837,7 +826,8 @@ def _prune_row(ax_tok, ax_sw, rp: pd.DataFrame, h: _Horizon, unpruned: float | N
                 ax_sw.axvspan(min(h.lo, h.hi), max(h.lo, h.hi), color="0.5", alpha=0.18, lw=0, zorder=0)
             ax_sw.axvline(h.layer, color="0.25", ls="--", lw=1.3, zorder=1, label="information horizon")
         else:
-            ax_sw.text(0.5, 0.04, "no horizon found", transform=ax_sw.transAxes, ha="center", va="bottom",
+            note = "no information at any layer" if h.status == NO_INFORMATION else "no horizon found"
+            ax_sw.text(0.5, 0.04, note, transform=ax_sw.transAxes, ha="center", va="bottom",
                        fontsize="small", color="0.3")
         ax_sw.set_xlabel("switch layer (random pruning from this decoder layer)")
         ax_sw.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -900,7 +890,7 @@ def _prune_tradeoff_figure(results: pd.DataFrame, *, horizon: Mapping | None = N
     return fig
 
 
-def prune_tradeoff(results: pd.DataFrame, out: str | Path, *, horizon: Mapping | None = None,
+def prune_tradeoff(results: pd.DataFrame, out: str | Path, *, horizon: Horizon | Mapping | None = None,
                    unpruned: float | None = None, name: str = "prune_tradeoff") -> list[Path]:
     """Accuracy of token-pruning schedules: vs visual tokens kept and, for hybrids, vs switch layer.
 
@@ -916,11 +906,11 @@ def prune_tradeoff(results: pd.DataFrame, out: str | Path, *, horizon: Mapping |
     when it has rows there, else at its smallest switch layer; its legend
     label says which. Right panel (only when there are hybrids): accuracy vs
     switch layer at the median budget present, with the horizon as a dashed
-    vertical line over its CI band, or the note "no horizon found".
+    vertical line over its CI band, or the note "no horizon found" ("no
+    information at any layer" for that status).
 
-    `horizon` is ``{"layer", "lo", "hi", "n_layers"}`` (values may be None or
-    NaN when no horizon was found) for every row of panels, or a mapping from
-    ``(model, task)`` to such a dict. `unpruned` is the unpruned accuracy, a
+    `horizon` is a :class:`~horizon.records.Horizon` for every row of panels,
+    or a mapping from ``(model, task)`` to one. `unpruned` is the unpruned accuracy, a
     dotted "no pruning" line. One colour (and marker) per base method, the
     part before "+", so a hybrid shares its shallow method's colour.
 

@@ -26,12 +26,14 @@ TWO_PANELS = (10.0, 4.0)  # figure sizes in inches, documented in horizon/plots.
 ONE_PANEL = (6.4, 4.0)
 
 
-def make_frames(nan_horizon: tuple[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def make_frames(nan_horizon: tuple[str, str] | None = None, empty: tuple[str, str] | None = None,
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """curves/summary for 2 models x 2 tasks x 12 layers with an exponentially decaying curve.
 
     The tail of every curve is zero, then slightly negative (noise around zero),
     as real estimates are past the horizon. ``nan_horizon=(model, task)`` (or
-    ``("*", "*")`` for all) gives that row no horizon.
+    ``("*", "*")`` for all) gives that row no horizon (status persists);
+    ``empty=(model, task)`` gives it the status no-information.
     """
     curves, summary = [], []
     for mi, model in enumerate(MODELS):
@@ -49,9 +51,12 @@ def make_frames(nan_horizon: tuple[str, str] | None = None) -> tuple[pd.DataFram
                     "uniformity_hi": min(u + 0.08, 1), "entropy": min(u + 0.05, 1), "top10_share": 1 - u / 2})
             threshold_value = 0.05 * mean.max()
             h = float(np.argmax(mean < threshold_value))
+            status = "found"
             if nan_horizon in ((model, task), ("*", "*")):
-                h = np.nan
-            summary.append({
+                h, status = np.nan, "persists"
+            if empty == (model, task):
+                h, status = np.nan, "no-information"
+            summary.append({"horizon_status": status,
                 "model": model, "task": task, "metric": "kl", "n_samples": 8, "n_layers": N_LAYERS, "horizon": h,
                 "horizon_lo": h - 1, "horizon_hi": h + 1, "relative_horizon": h / N_LAYERS,
                 "relative_horizon_lo": (h - 1) / N_LAYERS, "relative_horizon_hi": (h + 1) / N_LAYERS,
@@ -245,7 +250,7 @@ def test_horizons(made):
     assert ax_rel.get_ylabel() == "relative horizon (layer / L)"
     assert [t.get_text() for t in ax_abs.get_xticklabels()] == list(TASKS)
     assert legend_labels(fig) == list(MODELS)
-    assert "no\nhorizon" not in [t.get_text() for t in ax_rel.get_yticklabels()]
+    assert "persists" not in [t.get_text() for t in ax_rel.get_yticklabels()]
 
 
 def test_capacity(made):
@@ -263,12 +268,31 @@ def test_missing_horizon_is_marked_not_dropped(made_nan):
     for name, size in (("horizons_kl", TWO_PANELS), ("capacity_kl", ONE_PANEL)):
         check_figure(by_name(made_nan["paths"], name), size)
         for ax in made_nan["figs"][name].axes:
-            assert "no\nhorizon" in [t.get_text() for t in ax.get_yticklabels()], name
+            labels = [t.get_text() for t in ax.get_yticklabels()]
+            assert "persists" in labels and "no info" in labels, name
     # curve figures skip the missing horizon: one dashed line fewer in toy-large's panel
     for name in ("info_curve_kl", "uniformity_kl"):
         small, large = made_nan["figs"][name].axes
         count = [[ln.get_linestyle() for ln in ax.get_lines()].count("--") for ax in (small, large)]
         assert count == [2, 1], name
+
+
+def test_no_information_is_a_cross_in_its_own_row_and_named_on_the_curves(tmp_path):
+    curves, summary = make_frames(nan_horizon=(MODELS[0], TASKS[1]), empty=(MODELS[1], TASKS[0]))
+    with pytest.MonkeyPatch.context() as mp:
+        spy = Spy(mp)
+        plots.plot_horizons(summary, "kl", tmp_path)
+        plots.plot_info_curves(curves, summary, "kl", tmp_path)
+    ax_abs = spy.figs["horizons_kl"].axes[0]
+    ticks = {t.get_text(): y for t, y in zip(ax_abs.get_yticklabels(), ax_abs.get_yticks())}
+    drawn = {(line.get_marker(), float(line.get_ydata()[0])) for line in ax_abs.get_lines()
+             if len(line.get_ydata()) == 1}
+    assert ("X", ticks["no info"]) in drawn  # the no-information curve
+    assert ("o", ticks["persists"]) in drawn  # the curve whose information reaches the last layer
+    small, large = spy.figs["info_curve_kl"].axes
+    assert not small.texts
+    assert [t.get_text().splitlines()[-1] for t in large.texts] == [str(TASKS[0])]
+    assert "no information at any layer" in large.texts[0].get_text()
 
 
 def test_all_horizons_missing(tmp_path):

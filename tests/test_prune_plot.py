@@ -18,13 +18,14 @@ from PIL import Image
 
 from horizon import plots
 from horizon.errors import HorizonError
+from horizon.records import Horizon
 
 DPI = 150
 SINGLES = ("random", "fastv", "divprune", "dart")
 HYBRIDS = ("divprune+random", "dart+random")
 BUDGETS = (64, 128, 192, 256)  # median budget present: 128 (the lower middle one)
 SWITCHES = (2, 3, 5, 8)
-HORIZON = {"layer": 2.4, "lo": 1.7, "hi": 3.6, "n_layers": 32}  # rounded up: switch layer 3
+HORIZON = Horizon("found", 2.4, 1.7, 3.6, 32)  # rounded up: switch layer 3
 
 
 def single_acc(method: str, budget: float) -> float:
@@ -180,18 +181,18 @@ def test_hybrids_at_horizon_switch_layer(figure):
 
 def test_hybrids_at_smallest_switch_without_horizon_rows(figure):
     # horizon 6.0 -> switch layer 6, which was not evaluated: the earliest (2) is drawn; 7.1 -> 8, which was
-    fig = figure(make_results(), horizon={"layer": 6.0, "lo": 5.0, "hi": 7.0, "n_layers": 32})
+    fig = figure(make_results(), horizon=Horizon("found", 6.0, 5.0, 7.0, 32))
     lines = data_lines(fig.axes[0])
     assert sorted(lines) == sorted([*SINGLES, *(f"{m} (switch 2, earliest)" for m in HYBRIDS)])
     assert xy(lines["dart+random (switch 2, earliest)"])[1] == [hybrid_acc("dart+random", b, 2) for b in BUDGETS]
-    fig = figure(make_results(), horizon={"layer": 7.1, "lo": 6.0, "hi": 8.0, "n_layers": 32})
+    fig = figure(make_results(), horizon=Horizon("found", 7.1, 6.0, 8.0, 32))
     assert xy(data_lines(fig.axes[0])["dart+random (switch 8 = horizon)"])[1] == \
         [hybrid_acc("dart+random", b, 8) for b in BUDGETS]
 
 
 def test_no_horizon_found(figure):
-    for horizon in (None, {"layer": None, "lo": None, "hi": None, "n_layers": 32},
-                    {"layer": float("nan"), "lo": float("nan"), "hi": float("nan"), "n_layers": 32}):
+    for horizon in (None, Horizon("persists", n_layers=32), Horizon.from_record({"horizon": float("nan"),
+                                                                                "n_layers": 32})):
         fig = figure(make_results(), horizon=horizon)
         ax_tok, ax_sw = fig.axes
         assert [t.get_text() for t in ax_sw.texts] == ["no horizon found"]
@@ -228,7 +229,7 @@ def test_one_panel_row_per_model_task(figure):
 
 def test_per_pair_horizons(figure):
     pairs = (("a", "t"), ("b", "t"))
-    fig = figure(make_results(pairs=pairs), horizon={("a", "t"): {"layer": 4.5, "lo": 4, "hi": 5, "n_layers": 8}})
+    fig = figure(make_results(pairs=pairs), horizon={("a", "t"): Horizon("found", 4.5, 4, 5, 8)})
     (a_tok, a_sw), (b_tok, b_sw) = fig.axes[:2], fig.axes[2:]
     assert list(data_lines(a_sw)["information horizon"].get_xdata()) == [4.5, 4.5]
     assert "dart+random (switch 5 = horizon)" in data_lines(a_tok)
@@ -283,3 +284,10 @@ def test_bad_frames_raise(tmp_path):
     with pytest.raises(HorizonError, match="without a switch_layer"):
         plots.prune_tradeoff(bad, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_no_information_status_is_named_on_the_switch_panel(figure):
+    fig = figure(make_results(), horizon=Horizon("no-information", n_layers=32))
+    _, ax_sw = fig.axes
+    assert [t.get_text() for t in ax_sw.texts] == ["no information at any layer"]
+    assert "information horizon" not in data_lines(ax_sw)
