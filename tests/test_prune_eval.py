@@ -184,10 +184,12 @@ def test_resume_after_a_cut_line_and_refusals(llava, dataset, tmp_path):
 # -- 3. --switch-at horizon ---------------------------------------------------------------
 
 
-def horizon_summary(path: Path, records: list[tuple[str, str, float | None]]) -> Path:
+def horizon_summary(path: Path, records: list[tuple[str, str, float | None]], status: dict | None = None) -> Path:
+    status = status or {}
     path.write_text(json.dumps([
         {"model": m, "task": t, "metric": "dlogp", "horizon": h, "horizon_ci": None if h is None else [1, 2],
-         "n_samples": 10, "uniformity_onset": None} for m, t, h in records]))
+         "n_samples": 10, "uniformity_onset": None, **({"horizon_status": status[t]} if t in status else {})}
+        for m, t, h in records]))
     return path
 
 
@@ -215,6 +217,11 @@ def test_switch_at_horizon_moves_the_random_stage_per_task(llava, checkpoints, d
     null = horizon_summary(tmp_path / "null.json", [(name, "ocr", 1.4), (name, "vqa", None)])
     error_of(lambda: prune_eval(llava, data, out=tmp_path / "null", summary=null, **opts), "'vqa'", "no horizon")
     assert not (tmp_path / "null").exists()  # refused before anything was written
+    empty = horizon_summary(tmp_path / "empty.json", [(name, "ocr", 1.4), (name, "vqa", None)],
+                            status={"vqa": "no-information"})
+    error_of(lambda: prune_eval(llava, data, out=tmp_path / "empty", summary=empty, **opts), "'vqa'",
+             "no information at any layer", "--switch-at N")
+    assert not (tmp_path / "empty").exists()
     other = horizon_summary(tmp_path / "other.json", [("model-a", "ocr", 1.4), ("model-b", "vqa", 1.0)])
     error_of(lambda: prune_eval(llava, data, out=tmp_path / "other", summary=other, **opts),
              "'llava'", "model-a, model-b")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from .. import __version__
 from ..data import Sample
 from ..errors import HorizonError, SampleError
 from ..model import VisionLM, load
+from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
 from ..store import atomic_write_bytes, check_resume, config_hash
 from .generate import Generation, generate, prefill_flops, sample_seed
@@ -98,8 +98,8 @@ def model_label(vlm: VisionLM) -> str:
 
 # -- schedules per sample ------------------------------------------------------
 
-def horizon_records(path: str | Path, model: str, metric: str) -> dict[str, dict[str, Any]]:
-    """task -> summary.json record (``horizon``, ``horizon_ci``, ...) of ``model`` and ``metric``; may be empty."""
+def horizon_records(path: str | Path, model: str, metric: str) -> dict[str, Horizon]:
+    """task -> :class:`Horizon` of ``model`` and ``metric`` in a summary.json of `horizon analyze`; may be empty."""
     path = Path(path)
     if not path.is_file():
         raise HorizonError(f"--summary {path}: file not found")
@@ -110,12 +110,16 @@ def horizon_records(path: str | Path, model: str, metric: str) -> dict[str, dict
     if not isinstance(records, list) or not all(isinstance(r, dict) and {"model", "task", "metric", "horizon"} <= r.keys()
                                                 for r in records):
         raise HorizonError(f"--summary {path}: expected the summary.json list written by horizon analyze")
-    return {str(r["task"]): r for r in records if str(r["model"]) == model and r["metric"] == metric}
+    try:
+        return {str(r["task"]): Horizon.from_record(r) for r in records
+                if str(r["model"]) == model and r["metric"] == metric}
+    except HorizonError as exc:
+        raise HorizonError(f"--summary {path}: {exc}") from None
 
 
-def read_horizons(path: str | Path, model: str, metric: str) -> dict[str, float | None]:
-    """task -> horizon layer (None: information never vanished) for ``model`` in a summary.json."""
-    found = {task: r["horizon"] for task, r in horizon_records(path, model, metric).items()}
+def read_horizons(path: str | Path, model: str, metric: str) -> dict[str, Horizon]:
+    """task -> :class:`Horizon` for ``model`` in a summary.json; an error when the model has none."""
+    found = horizon_records(path, model, metric)
     if not found:
         records = json.loads(Path(path).read_text())
         models = sorted({str(r["model"]) for r in records})
@@ -130,7 +134,7 @@ class Schedules:
     def __init__(self, cfg: PruneConfig, vlm: VisionLM):
         self.cfg, self.n_layers = cfg, vlm.n_layers
         self.text = cfg.schedule.strip()
-        self.horizons: dict[str, float | None] = {}
+        self.horizons: dict[str, Horizon] = {}
         if cfg.switch_at == "horizon":
             self.horizons = read_horizons(cfg.summary, cfg.horizon_model or model_label(vlm), cfg.horizon_metric)
 
@@ -144,10 +148,14 @@ class Schedules:
             raise HorizonError(f"--summary {self.cfg.summary}: no horizon for task {task!r}; it has "
                                f"{', '.join(sorted(self.horizons))} (map with --horizon-task)")
         h = self.horizons[task]
-        if h is None:
-            raise HorizonError(f"--summary {self.cfg.summary}: task {task!r} has no horizon (information does not "
-                               "vanish within the model); choose a layer with --switch-at N")
-        return int(math.ceil(h))
+        if h.status == NO_INFORMATION:
+            raise HorizonError(f"--summary {self.cfg.summary}: task {task!r} has no information at any layer (its "
+                               f"{self.cfg.horizon_metric} curve never rises above the numerical floor), so it has no "
+                               "horizon to switch at; choose a layer with --switch-at N")
+        if not h.found:
+            raise HorizonError(f"--summary {self.cfg.summary}: task {task!r} has no horizon ({h.describe()}: "
+                               "information does not vanish within the model); choose a layer with --switch-at N")
+        return h.switch
 
     def text_for(self, task: str) -> str:
         """The schedule text with the random stage moved to the switch layer."""

@@ -18,7 +18,6 @@ number of visual tokens with the horizon marked.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -131,16 +130,17 @@ def prune_grid(
     horizons = horizon_records(cfg.eval.summary, name, cfg.eval.horizon_metric) if cfg.eval.summary else {}
     # a horizon switch needs a task whose horizon lies after the first stage
     def usable(task: str) -> bool:
-        h = horizons.get(task, {}).get("horizon")
-        return h is not None and math.ceil(h) > cfg.prune_layer
+        h = horizons.get(task)
+        return h is not None and h.found and h.switch > cfg.prune_layer
 
     at_horizon = EvalSet([s for s in evalset.samples if usable(s.task)], evalset.metric, evalset.format,
                          evalset.source)
     entries = grid_entries(cfg)
     missing = sorted({s.task for s in evalset.samples} - {s.task for s in at_horizon.samples})
     if missing and any(e["switch"] == "horizon" for e in entries):
-        log.warning("grid: the horizon-switch schedules skip task(s) %s: no horizon after layer %d",
-                    ", ".join(missing), cfg.prune_layer)
+        reasons = [f"{t} ({horizons[t].describe()})" if t in horizons else f"{t} (not in the summary)" for t in missing]
+        log.warning("grid: the horizon-switch schedules skip task(s) without a horizon after layer %d: %s",
+                    cfg.prune_layer, ", ".join(reasons))
     rows = []
     for i, entry in enumerate(entries, 1):
         todo = at_horizon if entry["switch"] == "horizon" else evalset
@@ -154,7 +154,7 @@ def prune_grid(
                 continue
             switch = entry["switch"]
             if switch == "horizon":
-                switch = int(math.ceil(horizons[task.task]["horizon"]))
+                switch = horizons[task.task].switch
             rows.append({
                 "model": name, "task": task.task, "method": entry["method"], "kind": entry["kind"],
                 "schedule": (result.summary.get("schedules") or {}).get(task.task, entry["config"].schedule),
@@ -169,10 +169,7 @@ def prune_grid(
     frame.to_csv(out / "grid.csv", index=False)
     figures = Path(figures) if figures else out
     for task, sub in frame.groupby("task"):
-        record = horizons.get(task, {})
-        ci = record.get("horizon_ci") or [None, None]
-        horizon = {"layer": record.get("horizon"), "lo": ci[0], "hi": ci[1], "n_layers": vlm.n_layers} \
-            if record else None
+        horizon = horizons.get(task)
         unpruned = sub[sub.kind == "none"].accuracy
         prune_tradeoff(sub[sub.kind != "none"].assign(switch_layer=lambda f: f.switch_layer.astype(float)), figures,
                        horizon=horizon, unpruned=float(unpruned.iloc[0]) if len(unpruned) else None,
