@@ -435,10 +435,21 @@ def plot_horizons(summary: pd.DataFrame, metric: str, out_dir: Path) -> list[Pat
             ax_rel.set_title("relative horizon")
             handles = [Line2D([], [], color=colors[m], marker="o", ls="none", ms=7, label=str(m)) for m in models]
             _legend(fig, handles, title="model")
-            _suptitle(fig, f"Information horizon per task — {metric}, 95% CI")
+            _suptitle(fig, f"Information horizon per task — {metric}, 95% CI\n{_test_note(s)}")
             return save(fig, out_dir, f"horizons_{_slug(metric)}")
         finally:
             plt.close(fig)
+
+
+def _test_note(s: pd.DataFrame) -> str:
+    """How 'vanished' was decided, from the summary's vanishing_test and threshold columns."""
+    tests = set(s["vanishing_test"].dropna()) if "vanishing_test" in s.columns else set()
+    level = _threshold_label(s).replace("threshold (", "").rstrip(")") if "threshold" in s.columns else "threshold"
+    if tests == {"equivalence"}:
+        return f"horizon: first layer from which information is significantly below max({level}, floor) (equivalence test)"
+    if tests == {"not-significant"} or not tests:
+        return f"horizon: first layer from which information is not significantly above max({level}, floor) (not-significant test)"
+    return "horizon: vanishing tests differ between rows"
 
 
 def plot_capacity(summary: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]:
