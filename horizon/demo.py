@@ -1,11 +1,19 @@
 """`horizon demo`: the whole toolkit on the embedded default, end to end.
 
-Scans every zoo model (``data/zoo``) on every synthetic task (``data/tasks``),
-analyses the runs, writes the figures and summary, and answers the paper's two
-questions from the data -- whichever way they come out:
+Scans every zoo model (``data/zoo``) on every synthetic task (``data/tasks``)
+twice: with the paper's protocol (``keep``: only one 2x2 window of visual
+tokens kept from layer l on, read as the gain in the answer's probability over
+keeping none) and with horizon's complementary ``remove`` protocol (the window
+removed from layer l on). It analyses the runs, writes the figures and
+summary, and answers the paper's two questions from the data -- whichever way
+they come out:
 
 1. Is the visually intensive (OCR-like) task's horizon deeper than the general ones'?
 2. Is the larger model's relative horizon deeper?
+
+The reading and the pruning grid's horizon switch use the keep protocol's
+``gain_prob`` (the paper's measurement); ``dlogp`` of the remove protocol is
+read beside it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import HorizonError
+from .scores import KEEP_METRICS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -28,7 +37,10 @@ class DemoConfig:
     runs: Path = Path("demo-run")  # scan run directories (resumable)
     data: Path = DATA
     limit: int = 40  # samples per task
-    group: int = 1
+    group: int = 2  # 2x2 windows, as the paper's reference code (the zoo's 6x6 grids give 9 windows)
+    protocols: tuple[str, ...] = ("keep", "remove")  # the paper's protocol first; remove as the comparison
+    metric: str = "gain_prob"  # the information the reading and the pruning switch use
+    comparison_metric: str = "dlogp"  # read beside it, from the remove protocol
     n_boot: int = 1000
     n_perm: int = 1000
     # pruning comparison: one model, two tasks, methods x budgets x switch layers
@@ -57,6 +69,8 @@ def task_files(data: Path) -> dict[str, Path]:
 
 def _verdict(row: pd.Series, what: str) -> str:
     lo, hi, p = row.difference_lo, row.difference_hi, row.p_value
+    if math.isnan(row.difference) and "no information" in str(row.get("note", "")):
+        return f"{what}: not comparable ({row.note})"
     if math.isnan(lo):
         return f"{what}: undetermined"
     ci = f"{row.difference:+.2f} {row.units} [{lo:+.2f}, {hi:+.2f}], p = {p:.3f}"
@@ -114,20 +128,32 @@ def _size(model: str) -> tuple[str, int]:
     return (_family(model), {"s": 0, "m": 1, "l": 2}.get(model.rsplit("-", 1)[-1], 0))
 
 
-def _ocr_heatmaps(runs: list[Path], out: Path) -> None:
-    """Where the code's information sits, layer by layer, for the deepest model's first OCR sample."""
+def _ocr_heatmaps(runs: list[Path], out: Path, metrics: dict[str, str]) -> None:
+    """Where the code's information sits, layer by layer, for the deepest model's first OCR sample,
+    once per protocol (``metrics``: protocol -> metric drawn)."""
     from .plots import plot_layer_group_heatmap, plot_token_heatmaps, spread_layers
     from .stats import load_runs
 
-    ocr = [r for r in load_runs([r for r in runs if r.name.endswith("-ocr")])]
-    if not ocr:
-        return
-    run = max(ocr, key=lambda r: r["n_layers"])
-    sample = run["samples"][run["samples"].status == "ok"].sample_id.iloc[0]
-    layers = spread_layers(sorted(run["scores"].layer.unique()), 4)
-    plot_token_heatmaps(run["scores"], run["groups"], run["samples"], sample, layers, "kl",
-                        int(run["config"]["group"]), out, model=run["model"], image_root=run["path"])
-    plot_layer_group_heatmap(run["scores"], sample, "kl", out, model=run["model"])
+    for protocol, metric in metrics.items():
+        ocr = load_runs([r for r in runs if r.name.endswith(f"-ocr-{protocol}")])
+        if not ocr:
+            continue
+        run = max(ocr, key=lambda r: r["n_layers"])
+        sample = run["samples"][run["samples"].status == "ok"].sample_id.iloc[0]
+        layers = spread_layers(sorted(run["scores"].layer.unique()), 4)
+        plot_token_heatmaps(run["scores"], run["groups"], run["samples"], sample, layers, metric,
+                            int(run["config"]["group"]), out, model=run["model"], image_root=run["path"])
+        plot_layer_group_heatmap(run["scores"], sample, metric, out, model=run["model"])
+
+
+def floor_line(runs: list[Path]) -> str:
+    """The largest numerical floor of the runs, per metric, as the summary applies it."""
+    floors: dict[str, float] = {}
+    for run in runs:
+        for metric, value in json.loads((run / "run.json").read_text()).get("numerical_floor", {}).items():
+            floors[metric] = max(floors.get(metric, 0.0), value)
+    parts = ", ".join(f"{m} {v:.1e}" for m, v in sorted(floors.items()))
+    return f"numerical floor (largest over the runs; scores within it count as zero): {parts}"
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -141,27 +167,33 @@ def run_demo(cfg: DemoConfig) -> dict:
     for model_dir in models:
         vlm = load(model_dir, dtype="float32", device="cpu")
         for task, data in tasks.items():
-            run = cfg.runs / f"{model_dir.name}-{task}"
-            print(f"scan {model_dir.name} on {task} ({cfg.limit} samples) -> {run}")
-            scan(vlm, data, out=run, resume=(run / "run.json").exists(), group=cfg.group, limit=cfg.limit,
-                 max_new_tokens=4)
-            runs.append(run)
+            for protocol in cfg.protocols:
+                run = cfg.runs / f"{model_dir.name}-{task}-{protocol}"
+                print(f"scan {model_dir.name} on {task} ({cfg.limit} samples, {protocol}, {cfg.group}x{cfg.group} "
+                      f"windows) -> {run}")
+                scan(vlm, data, out=run, resume=(run / "run.json").exists(), group=cfg.group, limit=cfg.limit,
+                     protocol=protocol, max_new_tokens=4)
+                runs.append(run)
     params = StatsParams(n_boot=cfg.n_boot, n_perm=cfg.n_perm)
     result = analyze(runs, cfg.out, params=params, figures_dir=cfg.out)
-    _ocr_heatmaps(runs, cfg.out)
+    _ocr_heatmaps(runs, cfg.out, {"keep": cfg.metric, "remove": cfg.comparison_metric})
     summary = result["summary"]
     names = sorted(summary.model.unique())
-    lines = ["", format_table(summary), ""]
+    lines = ["", format_table(summary), "", floor_line(runs), ""]
     accuracy = []
     for run in runs:
+        if not run.name.endswith(f"-{cfg.protocols[0]}"):
+            continue  # the clean answers are the same under every protocol
         samples = pd.read_parquet(run / "samples.parquet")
         config = json.loads((run / "run.json").read_text())
         ok = samples[samples.status == "ok"]
         acc = (ok.clean_pred.str.strip() == ok.answer.str.strip()).mean()
         accuracy.append(f"{Path(config['model']).name}/{ok.task.iloc[0]} {acc:.0%}")
     lines.append("accuracy on the scanned samples (greedy, exact match): " + ", ".join(accuracy))
-    for metric in sorted(summary.metric.unique()):
-        lines.append(f"\n{metric}:")
+    present = set(summary.metric)
+    for metric in [m for m in (cfg.metric, cfg.comparison_metric) if m in present]:
+        what = "keep protocol, the paper's" if metric in KEEP_METRICS else "remove protocol, the comparison"
+        lines.append(f"\n{metric} ({what}):")
         lines += ["  " + a for a in answers(result["comparisons"], summary, names, metric)]
     if cfg.prune:
         lines += prune_demo(cfg)
@@ -188,7 +220,7 @@ def prune_demo(cfg: DemoConfig) -> list[str]:
           f"{cfg.runs / ('prune-' + cfg.prune_model)}")
     grid = GridConfig(methods=("random", "fastv", "divprune", "dart"), budgets=cfg.prune_budgets,
                       prune_layer=cfg.prune_layer, switch_layers=cfg.prune_switch,
-                      eval=PruneConfig(summary=cfg.out / "summary.json", horizon_metric="dlogp",
+                      eval=PruneConfig(summary=cfg.out / "summary.json", horizon_metric=cfg.metric,
                                        max_new_tokens=3))
     vlm = load(model_dir, dtype="float32", device="cpu")
     source = " ".join(str(files[t]) for t in cfg.prune_tasks if t in files) + f" limit={cfg.prune_limit}"

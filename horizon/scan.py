@@ -173,25 +173,33 @@ def null_ablations(visual: list[int], layers: list[int], protocol: str) -> list[
 # dtype). Against a float64 reference the zoo models' float32 logits are off by up to about 4 units in
 # the last place of the largest logit, which is at most 4 * eps * max|logit|.
 ROUNDING_UNITS = 4.0
-ROUNDING_DRAWS = 8
+ROUNDING_DRAWS = 2
 
 
-def rounding_scores(reference: torch.Tensor, scale: float, dtype: torch.dtype, score, generator: torch.Generator,
-                    draws: int = ROUNDING_DRAWS) -> dict[str, torch.Tensor]:
-    """Scores between a distribution and itself with its logits moved by rounding-sized amounts.
+def rounding_shift(reference: torch.Tensor, ablated: torch.Tensor, score, width: float, generator: torch.Generator,
+                   draws: int = ROUNDING_DRAWS) -> dict[str, torch.Tensor]:
+    """How far rounding of the logits alone can move each score: |score(ref', abl') - score(ref, abl)|.
 
-    ``reference`` (m, V) log-probabilities; each draw adds independent uniform
-    noise of +-ROUNDING_UNITS * eps * ``scale`` to every logit and renormalises.
-    ``score(reference, perturbed)`` maps (m, V), (draws, m, V) to metric -> (draws,).
+    ``reference`` (m, V) and ``ablated`` (B, m, V) are log-probabilities; each
+    draw moves every logit of both by independent uniform noise of +-``width``
+    and renormalises. ``score(ref, abl)`` -> metric -> (B,). Returns metric ->
+    (B,), the largest shift over the draws.
     """
-    width = ROUNDING_UNITS * torch.finfo(dtype).eps * scale
-    noise = (torch.rand((draws, *reference.shape), generator=generator, dtype=torch.float64) * 2 - 1) * width
-    perturbed = torch.log_softmax(reference.double().cpu()[None] + noise, dim=-1)
-    return score(reference.double().cpu(), perturbed)
+    def moved(x: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=generator.device)
+        return torch.log_softmax(x + (noise.to(x.device) * 2 - 1) * width, dim=-1)
+
+    base = score(reference, ablated)
+    shift = {m: torch.zeros_like(v) for m, v in base.items()}
+    for _ in range(draws):
+        for m, v in score(moved(reference), moved(ablated)).items():
+            shift[m] = torch.maximum(shift[m], (v - base[m]).abs())
+    return shift
 
 
 def floor_of(*score_sets: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """A sample's numerical floor per metric: the largest |score| of its null ablations and rounding draws."""
+    """A sample's numerical floor per metric: the largest |value| over the given sets
+    (null-ablation scores, rounding shifts)."""
     floor: dict[str, float] = {}
     for scores in score_sets:
         for m, v in scores.items():
@@ -236,29 +244,23 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
             none.update({baseline[i].layer: logq[j] for j, i in enumerate(idx)})
         if on_batch:
             on_batch(1 / n_batches)
+    # the floor: null ablations through the engine, and how far rounding of the logits could move each score
+    generator = torch.Generator(device=vlm.device).manual_seed(cfg.seed)
+    width = ROUNDING_UNITS * torch.finfo(vlm.dtype).eps * float(clean.logits[0, scored].float().abs().max())
+    shifts = {m: np.zeros(len(ablations)) for m in cfg.metrics}
     for idx, logq in run_ablations(vlm, clean, ablations, batch_size, cfg.reuse_prefix):
         if cfg.protocol == "remove":
-            result = remove_scores(logp, logq, target, cfg.metrics)
+            reference, score = logp, (lambda ref, q: remove_scores(ref, q, target, cfg.metrics))
         else:
-            layer = ablations[idx[0]].layer
-            result = keep_scores(none[layer], logq, target, cfg.metrics)
-        for metric, v in result.items():
+            reference = none[ablations[idx[0]].layer]
+            score = (lambda ref, q: keep_scores(ref, q, target, cfg.metrics))
+        for metric, v in score(reference, logq).items():
             values[metric][idx] = v.float().cpu().numpy()
+        for metric, v in rounding_shift(reference, logq, score, width, generator).items():
+            shifts[metric][idx] = v.cpu().numpy()
         if on_batch:
             on_batch(1 / n_batches)
-
-    # the floor: null ablations through the engine, and the scores that rounding of the logits alone gives
-    generator = torch.Generator().manual_seed(cfg.seed)
-    scale = float(clean.logits[0, scored].float().abs().max())
-    target_cpu = target.cpu()
-    if cfg.protocol == "remove":
-        rounding = [rounding_scores(logp, scale, vlm.dtype, lambda ref, q: remove_scores(ref, q, target_cpu, cfg.metrics),
-                                    generator)]
-    else:
-        rounding = [rounding_scores(none[l], scale, vlm.dtype, lambda ref, q: keep_scores(ref, q, target_cpu, cfg.metrics),
-                                    generator) for l in layers]
-    floor = floor_of({m: v[n_real:] for m, v in values.items()},
-                     *({m: v.numpy() for m, v in r.items()} for r in rounding))
+    floor = floor_of({m: v[n_real:] for m, v in values.items()}, shifts)
 
     n_groups = len(groups)
     scores = pd.concat(

@@ -439,7 +439,7 @@ def _horizon_of(info: np.ndarray, axis: np.ndarray, params: StatsParams, past_en
 
 
 def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative: bool,
-                 rng: np.random.Generator) -> dict[str, Any]:
+                 rng: np.random.Generator, names: tuple[str, str] = ("a", "b")) -> dict[str, Any]:
     """Horizon difference a - b with a bootstrap CI and a two-sided permutation p-value.
 
     ``relative`` compares on relative depth: each sample's curve is interpolated
@@ -461,7 +461,7 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
         past_end = float(_depth(a))
     floor = max(_floor_of(a), _floor_of(b))
     units = "relative depth" if relative else "layers"
-    empty = [side for side, x in (("a", xa), ("b", xb))
+    empty = [str(side) for side, x in zip(names, (xa, xb))
              if len(x) >= 2 and not _informative(x.mean(0)[None], (x**2).mean(0)[None], len(x), floor, params.alpha)[0]]
     if empty:
         nan = math.nan
@@ -501,12 +501,12 @@ def compare(per_sample: pd.DataFrame, params: StatsParams | None = None) -> pd.D
     rows = []
     for (model, metric), part in per_sample.groupby(["model", "metric"], sort=True):
         for ta, tb in itertools.combinations(sorted(part.task.unique()), 2):
-            res = compare_pair(part[part.task == ta], part[part.task == tb], params, False, rng)
+            res = compare_pair(part[part.task == ta], part[part.task == tb], params, False, rng, (ta, tb))
             rows.append({"kind": "task", "metric": metric, "model_a": model, "task_a": ta, "model_b": model,
                          "task_b": tb, **res})
     for (task, metric), part in per_sample.groupby(["task", "metric"], sort=True):
         for ma, mb in itertools.combinations(sorted(part.model.unique()), 2):
-            res = compare_pair(part[part.model == ma], part[part.model == mb], params, True, rng)
+            res = compare_pair(part[part.model == ma], part[part.model == mb], params, True, rng, (ma, mb))
             rows.append({"kind": "model", "metric": metric, "model_a": ma, "task_a": task, "model_b": mb,
                          "task_b": task, **res})
     return pd.DataFrame(rows)

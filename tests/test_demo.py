@@ -16,15 +16,24 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     models, tasks = zoo_models(DATA), task_files(DATA)
     assert len(models) >= 3 and len(tasks) >= 2
     scans = [p for p in runs.iterdir() if not p.name.startswith("prune-")]
-    assert len(scans) == len(models) * len(tasks)
+    assert len(scans) == len(models) * len(tasks) * 2  # keep (the paper's protocol) and remove
+    protocols = {json.loads((p / "run.json").read_text())["protocol"] for p in scans}
+    assert protocols == {"keep", "remove"}
+    assert all(json.loads((p / "run.json").read_text())["group"] == 2 for p in scans)
     assert (runs / "prune-llava-l" / "grid.csv").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert {r["model"] for r in summary} == {m.name for m in models}
     assert {r["task"] for r in summary} == set(tasks)
+    assert {r["metric"] for r in summary} == {"gain_logp", "gain_prob", "kl", "dlogp"}  # keep_prob is a raw level
+    assert all(r["horizon_status"] in ("found", "persists", "no-information", "undetermined") for r in summary)
     printed = capsys.readouterr().out
     assert "is the ocr horizon deeper" in printed and "relative horizon deeper" in printed
     assert (out / "demo.txt").read_text().strip() in printed
-    assert (out / "info_curve_kl.png").exists() and (out / "horizons_kl.pdf").exists()
+    assert (out / "info_curve_gain_prob.png").exists() and (out / "horizons_kl.pdf").exists()
+    assert "gain_prob (keep protocol, the paper's)" in printed and "numerical floor" in printed
+    # the grid switches at the keep protocol's gain_prob horizon
+    eval_json = json.loads(next((runs / "prune-llava-l").glob("*/eval.json")).read_text())
+    assert eval_json["config"]["horizon_metric"] == "gain_prob"
     # the pruning grid: one row per schedule and task, read out in demo.txt, plotted per task
     grid = pd.read_csv(out / "prune_grid.csv")
     assert set(grid.task) == {"ocr", "colour"} and set(grid.kind) == {"none", "single", "hybrid"}

@@ -107,7 +107,7 @@ def test_comparison_with_a_curve_without_information_is_not_a_number():
     frame = pd.concat([synthetic_scores(horizon=10, seed=1).assign(floor=floor),
                        rounding_only(floor).assign(task="empty")], ignore_index=True)
     row = compare(sample_layer_stats(frame), FAST).iloc[0]
-    assert math.isnan(row.difference) and "no information at any layer in a" in row.note
+    assert math.isnan(row.difference) and "no information at any layer in empty" in row.note
 
 
 def test_analyze_reads_the_floor_from_the_run_and_reports_the_status(tmp_path, capsys):
