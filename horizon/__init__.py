@@ -14,9 +14,10 @@ from .scan import ScanConfig, ScanResult, scan  # noqa: E402
 from .data import Sample, read_jsonl  # noqa: E402
 from .store import read_run  # noqa: E402
 from .stats import StatsParams  # noqa: E402
+from .records import Horizon  # noqa: E402
 from .report import analyze  # noqa: E402
 
 __all__ = [
     "HorizonError", "SampleError", "VisionLM", "load", "ScanConfig", "ScanResult", "scan",
-    "Sample", "read_jsonl", "read_run", "StatsParams", "analyze", "__version__",
+    "Sample", "read_jsonl", "read_run", "StatsParams", "Horizon", "analyze", "__version__",
 ]

@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", default="all", help="all | 0,4,8 | 0:32:2 (default: all)")
     s.add_argument("--group", type=int, default=2, help="k x k window of visual tokens per group (default: 2)")
     s.add_argument("--protocol", default="remove", choices=["remove", "keep"])
-    s.add_argument("--metric", default=None, help="comma list: kl,dlogp,dprob (remove) or gain_logp,gain_prob (keep)")
+    s.add_argument("--metric", default=None, help="comma list: kl,dlogp,dprob (remove) or gain_logp,gain_prob,keep_prob (keep)")
     s.add_argument("--target", default="gt", choices=["gt", "pred"])
     s.add_argument("--answer-span", default="first", choices=["first", "full"])
     s.add_argument("--limit", type=int, default=None, help="first N samples only")
