@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -61,3 +62,22 @@ def test_null_ablation_is_part_of_the_floor(models, dataset):
         for row in logq:
             assert abs(logp - row[0, answer[0]].item()) <= floor
     assert floor > 0  # the rounding draws always contribute
+
+
+def test_noise_at_the_floor_leaves_a_scanned_runs_summary_unchanged(models, dataset, tmp_path):
+    from horizon.stats import StatsParams, analyze_frames, load_runs
+
+    run = tmp_path / "run"
+    horizon.scan(models["llava"], dataset("llava", 4), out=run, group=1, metrics=("kl", "dlogp"), progress=False)
+    params = StatsParams(n_boot=100, n_perm=10, seed=0)
+    loaded = load_runs([run])
+    assert set(loaded[0]["floor"]) == {"kl", "dlogp"}
+    columns = ["model", "task", "metric", "horizon_status", "horizon", "horizon_lo", "horizon_hi", "uniformity_onset"]
+    before = analyze_frames(loaded, params=params)["summary"][columns]
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        scores = loaded[0]["scores"].copy()
+        floor = scores.metric.map(loaded[0]["floor"]).to_numpy()
+        scores["value"] = scores.value + rng.uniform(-1, 1, len(scores)) * floor
+        after = analyze_frames([{**loaded[0], "scores": scores}], params=params)["summary"][columns]
+        pd.testing.assert_frame_equal(before, after)
