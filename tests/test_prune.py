@@ -10,7 +10,9 @@ import torch
 
 from horizon.errors import HorizonError
 from horizon.prune import parse_schedule, select
-from horizon.prune.strategies import _cosine_distance
+from horizon.prune.strategies import _cosine_distance, dart_pivots
+
+from dart_reference import reference_dart
 
 
 def test_divprune_is_max_min_on_a_hand_checkable_set():
@@ -27,16 +29,85 @@ def test_divprune_is_max_min_on_a_hand_checkable_set():
     assert spread(kept.tolist()) == pytest.approx(float(best))
 
 
+def _norm_order_dart(visual, keep, keys, hidden, text_after, n_piv=4):
+    """DART's greedy, but visiting the visual pivots then the text pivots in decreasing key L1 norm."""
+    l1 = keys.abs().sum(-1)
+    v = [visual[i] for i in torch.argsort(l1[visual], descending=True)[:n_piv].tolist()]
+    t = [text_after[i] for i in torch.argsort(l1[text_after], descending=True)[:n_piv].tolist()]
+    unit = torch.nn.functional.normalize(hidden, dim=-1)
+    kept, pool = set(v), [x for x in visual if x not in v]
+    for p in v + t:
+        sim = torch.stack([unit[x] @ unit[p] for x in pool])
+        picks = {pool[i] for i in torch.argsort(sim)[: keep // (2 * n_piv)].tolist()}
+        kept |= picks
+        pool = [x for x in pool if x not in picks]
+    return sorted(kept)
+
+
 @pytest.mark.parametrize("budget", [8, 16, 20, 37, 64])
-def test_dart_keeps_4_plus_8_floor_budget_over_8(budget):
+def test_dart_keeps_4_plus_8_floor_budget_over_8_as_the_reference_does(budget):
     torch.manual_seed(0)
-    keys = torch.randn(130, 16)
+    keys, hidden = torch.randn(130, 16), torch.randn(130, 24)
     visual, text = torch.arange(5, 105), torch.cat([torch.arange(5), torch.arange(105, 130)])
-    kept = select("dart", visual, budget, keys=keys, text=text)
+    kept = select("dart", visual, budget, keys=keys, hidden=hidden, text=text)
     assert len(kept) == 4 + 8 * (budget // 8)
-    assert len(set(kept.tolist())) == len(kept) and set(kept.tolist()) <= set(visual.tolist())
+    assert kept.tolist() == sorted(set(kept.tolist())) and set(kept.tolist()) <= set(visual.tolist())
     top4 = visual[torch.argsort(keys[visual].abs().sum(-1), descending=True)[:4]]
     assert set(top4.tolist()) <= set(kept.tolist())  # the visual pivots are kept
+    expected, _, _ = reference_dart(keys.T[None, :, :, None], hidden, 5, 100, budget)
+    assert kept.tolist() == expected
+
+
+def test_dart_text_pivots_are_after_the_image_never_the_system_prompt():
+    # 0..5 system prompt, 6..29 image, 30..37 question and answer prompt
+    torch.manual_seed(1)
+    keys, hidden = torch.randn(38, 8), torch.randn(38, 12)
+    keys[2] *= 100  # the system prompt holds the largest key norm of all
+    visual = torch.arange(6, 30)
+    text = torch.cat([torch.arange(6), torch.arange(30, 38)])
+    v_piv, t_piv = dart_pivots(visual, keys, text)
+    l1 = keys.abs().sum(-1)
+    assert int(torch.argmax(l1[text])) == 2  # what the old rule (every text token) would have made a pivot
+    assert t_piv.tolist() == (torch.argsort(l1[30:], descending=True)[:4] + 30).tolist()
+    assert v_piv.tolist() == (torch.argsort(l1[6:30], descending=True)[:4] + 6).tolist()
+    kept = select("dart", visual, 16, keys=keys, hidden=hidden, text=text)
+    assert kept.tolist() == reference_dart(keys.T[None, :, :, None], hidden, 6, 24, 16)[0]
+    # an image at the very end leaves no text pivots: only the 4 visual pivots steer the picks
+    v_only, t_none = dart_pivots(torch.arange(30, 38), keys, torch.arange(30))
+    assert t_none.numel() == 0 and len(v_only) == 4
+
+
+def test_dart_pivots_rank_keys_by_l1_not_l2_norm():
+    keys = torch.tensor([[3.0, 0, 0, 0], [0.9, 0.9, 0.9, 0.9], [0.5, 0.5, 0, 0], [2.0, 0, 0, 0]])
+    # L1: 3.0, 3.6, 1.0, 2.0 -> 1 first; L2: 3.0, 1.8, 0.71, 2.0 -> 0 first
+    v_piv, _ = dart_pivots(torch.arange(3), keys, torch.tensor([3]), visual_pivots=1, text_pivots=1)
+    assert v_piv.tolist() == [1]
+    v2, t2 = dart_pivots(torch.arange(3), keys, torch.tensor([3]), visual_pivots=2, text_pivots=1)
+    assert v2.tolist() == [1, 0] and t2.tolist() == [3]
+
+
+def test_dart_visits_pivots_in_the_reference_order():
+    # The greedy picks depend on the order pivots are visited in; the reference visits the set of their positions.
+    torch.manual_seed(3)
+    keys, hidden = torch.randn(140, 8), torch.randn(140, 6)
+    visual, text = torch.arange(10, 110), torch.cat([torch.arange(10), torch.arange(110, 140)])
+    kept = select("dart", visual, 40, keys=keys, hidden=hidden, text=text).tolist()
+    v_piv, t_piv = dart_pivots(visual, keys, text)
+    order = list(set(v_piv.tolist() + t_piv.tolist()))
+    assert order != v_piv.tolist() + t_piv.tolist()  # the two orders differ here ...
+    by_norm = _norm_order_dart(visual.tolist(), 40, keys, hidden, list(range(110, 140)))
+    assert kept != by_norm  # ... and so do their selections
+    assert kept == reference_dart(keys.T[None, :, :, None], hidden, 10, 100, 40)[0]
+
+
+def test_dart_per_pivot_share_is_budget_over_all_configured_pivots():
+    # only 2 text tokens follow the image: 6 pivots, but each still takes floor(24 / 8) = 3 tokens
+    torch.manual_seed(4)
+    keys, hidden = torch.randn(42, 8), torch.randn(42, 8)
+    visual, text = torch.arange(4, 40), torch.cat([torch.arange(4), torch.arange(40, 42)])
+    _, t_piv = dart_pivots(visual, keys, text)
+    assert sorted(t_piv.tolist()) == [40, 41]
+    assert len(select("dart", visual, 24, keys=keys, hidden=hidden, text=text)) == 4 + 6 * (24 // 8)
 
 
 def test_dart_measures_duplication_on_hidden_states_and_pivots_on_keys():
@@ -49,7 +120,8 @@ def test_dart_measures_duplication_on_hidden_states_and_pivots_on_keys():
     # then for the text pivot (hidden [1, 0]) the least similar of {2, 3} is 3 (cos 0)
     assert kept.tolist() == [0, 1, 3]
     # under key similarity the picks differ: least like key [9, 0] is 2 (cos 0)
-    assert select("dart", visual, 2, keys=keys, text=text, visual_pivots=1, text_pivots=1).tolist() != [0, 1, 3]
+    assert select("dart", visual, 2, keys=keys, hidden=keys, text=text, visual_pivots=1,
+                  text_pivots=1).tolist() != [0, 1, 3]
 
 
 def test_fastv_keeps_what_the_last_token_attends_to():

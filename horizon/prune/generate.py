@@ -131,8 +131,9 @@ class _Pruning:
             if nxt.method == "fastv":
                 self.attention = self.vlm.adapter.last_token_attention(module, hidden, kwargs["position_embeddings"])
             elif nxt.method == "dart":
+                # the keys this layer writes to its KV cache (after RoPE), recomputed so that sdpa/flash work
                 keys, _ = self.vlm.adapter.key_values(module, hidden, kwargs["position_embeddings"])
-                self.keys = keys[0].transpose(0, 1).flatten(1)  # (n, kv_heads * head_dim)
+                self.keys = keys[0].transpose(0, 1).flatten(1)  # (n, kv_heads * head_dim), heads side by side
         return (hidden, *args[1:]), kwargs
 
     def decode(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict):
@@ -187,9 +188,11 @@ class _Pruning:
             elif stage.method == "fastv":
                 inputs["attention"] = self.attention[:, None]  # (heads, 1, n): the last query's row
             elif stage.method == "dart":
+                # pivots: key L1 norms of the layer before the stage (post-RoPE, as its KV cache holds them)
                 inputs["keys"] = self.keys
-                # duplication on the normalised hidden states entering the stage's layer
+                # duplication: cosine between the hidden states entering the stage's layer, through the final norm
                 inputs["hidden"] = self.vlm.language_model.norm(hidden[0])
+                # every text row; dart_pivots draws the text pivots from those after the image only
                 inputs["text"] = (~is_visual).nonzero().flatten()
             elif stage.method == "info":
                 if j not in self.info:

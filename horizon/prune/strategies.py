@@ -57,32 +57,64 @@ def divprune_keep(visual: torch.Tensor, keep: int, *, hidden: torch.Tensor, **_)
     return torch.sort(visual[torch.tensor(picked)]).values
 
 
-def dart_keep(visual: torch.Tensor, keep: int, *, keys: torch.Tensor, text: torch.Tensor,
-              hidden: torch.Tensor | None = None, visual_pivots: int = 4, text_pivots: int = 4,
-              **_) -> torch.Tensor:
-    """DART: pivots by key L1 norm (4 visual + 4 text by default); per pivot the least similar visual tokens.
+def dart_pivots(visual: torch.Tensor, keys: torch.Tensor, text: torch.Tensor, *, visual_pivots: int = 4,
+                text_pivots: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """DART's pivots: (visual pivots, text pivots), each in decreasing key L1 norm.
 
-    Pivots are the tokens whose keys have the largest L1 norm. Duplication is
-    cosine similarity between ``hidden`` states (the keys when none are
-    given). Keeps the visual pivots plus floor(keep / pivots) tokens per
-    pivot, picked in turn from the tokens not yet kept:
-    ``visual_pivots + pivots * floor(keep / pivots)`` tokens for budget
-    ``keep`` (4 + 8 * floor(keep / 8) with the defaults).
+    Visual pivots are the ``visual_pivots`` visual positions whose keys
+    ``keys`` (S, d; every key head of a token laid side by side) have the
+    largest L1 norm. Text pivots are the ``text_pivots`` largest-norm
+    positions among the text positions *after the last visual token* (the
+    question and the answer prompt): ``text`` may hold every text position,
+    and the ones before the image (system prompt, role tag) are never
+    candidates. Fewer text tokens than ``text_pivots`` after the image give
+    fewer text pivots.
     """
     norms = keys.float().abs().sum(-1)
+    after = text[text > visual.max()] if len(visual) else text[:0]
     v_piv = visual[torch.argsort(norms[visual], descending=True, stable=True)[:visual_pivots]]
-    t_piv = text[torch.argsort(norms[text], descending=True, stable=True)[:text_pivots]]
-    pivots = torch.cat([v_piv, t_piv])
-    per_pivot = keep // max(len(pivots), 1)
+    t_piv = after[torch.argsort(norms[after], descending=True, stable=True)[:text_pivots]]
+    return v_piv, t_piv
+
+
+def dart_keep(visual: torch.Tensor, keep: int, *, keys: torch.Tensor, hidden: torch.Tensor, text: torch.Tensor,
+              visual_pivots: int = 4, text_pivots: int = 4, **_) -> torch.Tensor:
+    """DART: per pivot, the visual tokens least cosine-similar to it; keeps 4 + 8 * floor(keep / 8).
+
+    1. Pivots (``dart_pivots``): the 4 visual tokens and the 4 text tokens
+       after the image with the largest key L1 norm.
+    2. Per pivot ``floor(keep / (visual_pivots + text_pivots))`` tokens: the
+       visual tokens not yet kept (visual pivots included from the start)
+       with the lowest cosine similarity to the pivot, measured between the
+       rows of ``hidden`` (the normalised hidden states entering the layer).
+    3. Pivots are visited in the order DART's reference code visits them:
+       the iteration order of a Python set of their positions, built from the
+       visual then the text pivots (for integers CPython orders a set by
+       position modulo its table size). The greedy picks depend on that order,
+       so horizon follows it to select what the reference selects.
+    4. Kept: the visual pivots plus every pick, sorted by position; the text
+       pivots stay text tokens. That is ``visual_pivots + pivots * floor(keep
+       / pivots)`` visual tokens (4 + 8 * floor(keep / 8) by default), fewer
+       only when the visual tokens run out or fewer than ``text_pivots`` text
+       tokens follow the image (the per-pivot share stays ``floor(keep / 8)``).
+
+    Norms and similarities are computed in float32; equal norms and equal
+    similarities go to the lower position.
+    """
+    v_piv, t_piv = dart_pivots(visual, keys, text, visual_pivots=visual_pivots, text_pivots=text_pivots)
+    per_pivot = keep // max(visual_pivots + text_pivots, 1)
+    order = list(set(v_piv.tolist() + t_piv.tolist()))
     kept = set(v_piv.tolist())
-    unit = torch.nn.functional.normalize((keys if hidden is None else hidden).float(), dim=-1)
-    for p in pivots.tolist():
-        pool = torch.tensor([v for v in visual.tolist() if v not in kept], dtype=torch.long)
-        if len(pool) == 0:
+    pool = [v for v in visual.tolist() if v not in kept]  # increasing position
+    unit = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    for p in order:
+        if not pool or per_pivot == 0:
             break
-        sim = unit[pool] @ unit[p]
-        kept.update(pool[torch.argsort(sim, stable=True)[:per_pivot]].tolist())
-    return torch.sort(torch.tensor(sorted(kept), dtype=torch.long)).values
+        rows = torch.tensor(pool, dtype=torch.long)
+        picks = set(rows[torch.argsort(unit[rows] @ unit[p], stable=True)[:per_pivot]].tolist())
+        kept |= picks
+        pool = [v for v in pool if v not in picks]
+    return torch.tensor(sorted(kept), dtype=torch.long)
 
 
 def vtw_keep(visual: torch.Tensor, keep: int, **_) -> torch.Tensor:
