@@ -4,7 +4,9 @@
 * pruning at prefill (physical deletion, original positions) equals the scan
   engine's removal and an attention-mask removal written here with plain hooks;
 * KV-cached decoding equals recomputing the whole sequence at every step;
-* FastV's explicitly computed attention equals the eager kernel's weights.
+* FastV's explicitly computed attention equals the eager kernel's weights;
+* DART selects what its reference code selects from the real KV cache and
+  hidden states, and its pivots never come from the system prompt.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from horizon.data import read_jsonl
 from horizon.errors import HorizonError
 from horizon.prune import parse_schedule
 from horizon.prune.generate import generate, prefill_flops, sample_seed
+from horizon.prune.strategies import dart_pivots
 from horizon.scan import encode_sample
+
+from dart_reference import reference_dart
 
 ARCH_NAMES = ["llava", "qwen2_5_vl"]
 
@@ -96,11 +101,11 @@ def test_prefill_pruning_equals_engine_and_mask_removal(models, dataset, name):
         assert len(removed) == nv - nv // 3
         pruned = torch.log_softmax(gen.logits[0], -1)
         (_, engine), = run_ablations(vlm, clean, [Ablation(layer, tuple(removed))])
-        assert torch.allclose(pruned, engine[0, 0], atol=1e-5, rtol=0)
+        assert torch.allclose(pruned.double(), engine[0, 0].double(), atol=1e-5, rtol=0)
         masked = torch.log_softmax(masked_removal_logits(vlm, inputs, {layer: removed}), -1)
         assert torch.allclose(pruned, masked, atol=1e-5, rtol=0)
         # and it is a real change: the unpruned distribution differs
-        assert not torch.allclose(pruned, clean.scored_logprobs()[0], atol=1e-4)
+        assert not torch.allclose(pruned.double(), clean.scored_logprobs()[0].double(), atol=1e-4)
 
     # Two stages: removal sets accumulate.
     sched = parse_schedule(f"divprune@0:{nv - 3},random@2:{nv // 4}", vlm.n_layers, nv)
@@ -198,3 +203,92 @@ def test_cached_decoding_equals_uncached_under_eager_attention(checkpoints, data
     assert cached.tokens == uncached.tokens and len(cached.logits) >= 2
     for a, b in zip(cached.logits, uncached.logits):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+# A system prompt before the image and the question after it, as the real chat templates lay them out.
+SYSTEM_PROMPTS = {
+    "llava": "A chat between a curious user and an artificial intelligence assistant. USER: <image>\n{q} ASSISTANT:",
+    "qwen2_5_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                  "<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n<|im_start|>assistant\n",
+}
+DART_BUDGET = {"llava": 16, "qwen2_5_vl": 8}  # of 25 and 15 visual tokens
+
+
+def reference_inputs(vlm, inputs, stage_layer):
+    """What DART's reference code reads, taken from an unhooked forward pass: the keys the layer before the
+    stage wrote to the KV cache, and the hidden states entering the stage's layer through the final norm."""
+    with torch.no_grad():
+        out = vlm.hf(**inputs, use_cache=True, output_hidden_states=True)
+        normed = vlm.language_model.norm(out.hidden_states[stage_layer][0])
+    return out.cache.layers[stage_layer - 1].keys, normed
+
+
+def image_span(vlm, inputs) -> tuple[int, int]:
+    visual = (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).nonzero().flatten().tolist()
+    assert visual == list(range(visual[0], visual[0] + len(visual)))
+    return visual[0], len(visual)
+
+
+@pytest.mark.parametrize("stage_layer", [1, 2])
+@pytest.mark.parametrize("name", ARCH_NAMES)
+def test_dart_selects_what_the_reference_selects(checkpoints, dataset, name, stage_layer):
+    vlm = horizon.load(checkpoints[name], dtype="float32", device="cpu")
+    # Tiny checkpoints have unit norm weights, under which the final norm leaves cosines unchanged:
+    # random weights make it matter, as it does in trained models.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in vlm.language_model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
+    inputs = prompt_inputs(vlm, dataset(name, 1))
+    start, length = image_span(vlm, inputs)
+    keys, normed = reference_inputs(vlm, inputs, stage_layer)
+    budget = DART_BUDGET[name]
+    expected, _, _ = reference_dart(keys, normed, start, length, budget)
+    gen = generate(vlm, inputs, parse_schedule(f"dart@{stage_layer}:{budget}", vlm.n_layers, length),
+                   max_new_tokens=1)
+    assert gen.kept[0] == expected
+    assert len(gen.kept[0]) == 4 + 8 * (budget // 8)
+
+
+@pytest.mark.parametrize("stage_layer", [1, 2])
+@pytest.mark.parametrize("name", ARCH_NAMES)
+def test_dart_text_pivots_come_from_the_question_never_the_system_prompt(checkpoints, dataset, name, stage_layer):
+    vlm = horizon.load(checkpoints[name], dtype="float32", device="cpu")  # its embeddings get edited below
+    sample = read_jsonl(dataset(name, 1))[0]
+    inputs = vlm.adapter.encode(vlm.processor, [sample.load_image()], SYSTEM_PROMPTS[name].format(q=sample.question))
+    ids = inputs["input_ids"][0].tolist()
+    start, length = image_span(vlm, inputs)
+    special = set(vlm.tokenizer.all_special_ids)
+    # a token seen once, in the system prompt, and the question's '?'
+    system = next(p for p in range(start) if ids.count(ids[p]) == 1 and ids[p] not in special)
+    question = next(p for p in range(start + length, len(ids)) if vlm.tokenizer.decode([ids[p]]) == "?")
+    # Point both tokens' embeddings along the directions that give the layer's keys their largest norms,
+    # the system token's along the first: it gets the largest key norm of every text token.
+    layer = vlm.language_model.layers[stage_layer - 1]
+    directions = torch.linalg.svd((layer.self_attn.k_proj.weight * layer.input_layernorm.weight).detach()).Vh
+    embeddings = vlm.hf.get_input_embeddings().weight
+    scale = 50 * embeddings.norm(dim=-1).mean()
+    with torch.no_grad():
+        embeddings[ids[system]] = directions[0] * scale
+        embeddings[ids[question]] = directions[1] * scale
+
+    keys, normed = reference_inputs(vlm, inputs, stage_layer)
+    l1 = keys[0].permute(1, 0, 2).flatten(1).abs().sum(-1)
+    text = torch.tensor([p for p in range(len(ids)) if not start <= p < start + length])
+    assert int(text[torch.argmax(l1[text])]) == system  # the old rule (every text token) would pivot on it
+
+    v_piv, t_piv = dart_pivots(torch.arange(start, start + length), keys[0].transpose(0, 1).flatten(1), text)
+    after = torch.arange(start + length, len(ids))
+    assert t_piv.tolist() == after[torch.argsort(l1[after], descending=True)[:4]].tolist()
+    assert system not in t_piv.tolist() and question in t_piv.tolist()
+    assert all(p >= start + length for p in t_piv.tolist())
+    assert v_piv.tolist() == (torch.argsort(l1[start:start + length], descending=True)[:4] + start).tolist()
+
+    budget = DART_BUDGET[name]
+    expected, _, reference_text_pivots = reference_dart(keys, normed, start, length, budget)
+    assert sorted(reference_text_pivots) == sorted(t_piv.tolist())
+    gen = generate(vlm, inputs, parse_schedule(f"dart@{stage_layer}:{budget}", vlm.n_layers, length),
+                   max_new_tokens=1)
+    assert gen.kept[0] == expected
+    assert len(gen.kept[0]) == 4 + 8 * (budget // 8)
