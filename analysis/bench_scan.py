@@ -123,6 +123,24 @@ def time_naive(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: list[int]
     return seconds * n / len(picked), len(picked) < n
 
 
+def time_floor(logq: torch.Tensor) -> tuple[float, float]:
+    """Seconds the scan spends on the floor's rounding shifts for these ablations: at the model's vocabulary
+    and at LLaVA's 32000 (random log-probabilities of the same count)."""
+    from horizon.scan import rounding_shift
+    from horizon.scores import remove_scores
+
+    def cost(rows: torch.Tensor) -> float:
+        rows = rows.double()
+        reference, target = rows[0], torch.zeros(rows.shape[1], dtype=torch.long)
+        score = (lambda ref, q: remove_scores(ref, q, target, ("kl", "dlogp")))
+        generator = torch.Generator().manual_seed(0)
+        return timed(lambda: [rounding_shift(reference, rows[i:i + 64], score, 1e-6, generator)
+                              for i in range(0, len(rows), 64)])
+
+    big = torch.log_softmax(torch.randn(len(logq), logq.shape[1], 32000, dtype=torch.float64), -1)
+    return cost(logq), cost(big)
+
+
 def check(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: list[int],
           ablations: list[Ablation], logq: list[torch.Tensor], n: int = N_CHECK) -> float:
     """Max |engine - naive| log-prob over n evenly spaced ablations."""
@@ -165,6 +183,8 @@ def main() -> None:
             t_noreuse = timed(lambda: engine(vlm, inputs, scored, jobs, reuse_prefix=False)) if protocol == "remove" else None
             rows.append((protocol, len(flat), t_engine, t_naive, extrapolated, t_noreuse))
             checks.append((protocol, check(vlm, inputs, scored, flat, logq)))
+            if protocol == "remove":
+                floor_cost = time_floor(torch.stack(logq))
 
     print(f"\n{'protocol':<9} {'ablations':>9} {'engine_s':>9} {'naive_s':>9} {'speedup':>8}  naive")
     for protocol, n, t_engine, t_naive, extrapolated, _ in rows:
@@ -173,6 +193,10 @@ def main() -> None:
     _, _, t_engine, t_naive, _, t_noreuse = rows[0]
     print(f"\nremove, engine without prefix reuse: {t_noreuse:.2f} s "
           f"({t_naive / t_noreuse:.1f}x vs naive, prefix reuse gains {t_noreuse / t_engine:.2f}x)")
+    t_small, t_llava = floor_cost
+    print(f"numerical floor (rounding shifts of every ablation, part of every scan): {t_small:.2f} s at this "
+          f"vocabulary ({t_small / t_engine:.1%} of the remove engine time); {t_llava:.2f} s for the same "
+          f"{rows[0][1]} ablations at LLaVA's vocabulary of 32000 (CPU)")
     for protocol, diff in checks:
         verdict = "OK" if diff < TOLERANCE else "FAIL"
         print(f"check {protocol}: max |engine - naive| log-prob over {N_CHECK} ablations = {diff:.2e} "

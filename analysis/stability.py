@@ -17,6 +17,7 @@ Prints what it measured; it asserts nothing (tests do that on planted data).
 from __future__ import annotations
 
 import argparse
+import warnings
 import time
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
+    warnings.simplefilter("ignore")  # transformers' deprecation notices would bury the numbers
     runs = Path(args.runs)
     paths = sorted(p for p in runs.iterdir() if (p / "run.json").exists() and not p.name.startswith("prune-"))
     print(f"1. rescan of {args.model} with batch size {args.batch_size} and 1 thread ({args.limit} samples per run):")
