@@ -243,6 +243,22 @@ def test_dart_selects_what_the_reference_selects(checkpoints, dataset, name, sta
     inputs = prompt_inputs(vlm, dataset(name, 1))
     start, length = image_span(vlm, inputs)
     keys, normed = reference_inputs(vlm, inputs, stage_layer)
+    # the keys generate recomputes for DART (from the layer's input and rotary embeddings) are the cache's
+    captured = {}
+
+    def grab(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+        captured["rotary"] = kwargs["position_embeddings"]
+
+    layer = vlm.language_model.layers[stage_layer - 1]
+    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            vlm.hf(**inputs, use_cache=False)
+            recomputed, _ = vlm.adapter.key_values(layer, captured["hidden"], captured["rotary"])
+    finally:
+        handle.remove()
+    assert recomputed.shape == keys.shape and torch.allclose(recomputed, keys, atol=1e-6, rtol=0)
     budget = DART_BUDGET[name]
     expected, _, _ = reference_dart(keys, normed, start, length, budget)
     gen = generate(vlm, inputs, parse_schedule(f"dart@{stage_layer}:{budget}", vlm.n_layers, length),
