@@ -129,7 +129,7 @@ def _prune_config(args: argparse.Namespace, schedule: str = "none"):
 
 def _load_for_eval(args: argparse.Namespace):
     from .model import load
-    from .prune.readers import read_eval
+    from .benchmarks import read_eval
 
     evalset = read_eval(args.data, answers=args.answers, image_folder=args.image_folder, format=args.format)
     vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
@@ -155,6 +155,7 @@ def _prune_eval(args: argparse.Namespace) -> int:
     for task in s["tasks"]:
         print(f"  {task['task']}: {task['accuracy']:.3f} ({task['n_samples']} samples, "
               f"{task['avg_visual_tokens']:.1f} visual tokens)")
+    print(f"scoring: {s['scoring']}")
     print(f"predictions and summary in {args.out}")
     return 0
 
@@ -202,6 +203,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .benchmarks import format_choices, metric_choices
+
     parser = argparse.ArgumentParser(prog="horizon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -268,10 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     def eval_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="hub id or local checkpoint directory")
         p.add_argument("--data", required=True, help="questions: DESIGN §4 JSONL or a LLaVA eval JSONL")
-        p.add_argument("--answers", default=None, help="ground truth for LLaVA eval files (TextVQA json, MME "
-                       "release folder, POPE coco_pope_*.json folder)")
+        p.add_argument("--answers", default=None, help="ground truth for LLaVA eval files (TextVQA json, VQAv2 "
+                       "annotations json, MME release folder, POPE coco_pope_*.json folder)")
         p.add_argument("--image-folder", default=None, help="images of a LLaVA eval file")
-        p.add_argument("--format", default="auto", choices=["auto", "jsonl", "textvqa", "mme", "pope"])
+        p.add_argument("--format", default="auto", choices=format_choices(),
+                       help="the benchmark the files belong to (default: auto, told from the files)")
         p.add_argument("--out", required=True, help="output directory (resumable)")
         p.add_argument("--positions", default="original", choices=["original", "renumber"],
                        help="position ids after pruning: original (default) or renumbered 0..n-1")
@@ -279,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--horizon-metric", default="dlogp", help="which metric's horizon (default: dlogp)")
         p.add_argument("--horizon-model", default=None, help="the model's name in summary.json")
         p.add_argument("--horizon-task", default=None, help="take every sample's horizon from this task")
-        p.add_argument("--metric", default="auto", choices=["auto", "exact", "vqa", "mme", "pope"])
+        p.add_argument("--metric", default="auto", choices=metric_choices(),
+                       help="scoring (default: auto, the benchmark's official one)")
         p.add_argument("--seeds", type=int, default=None, help="seeds for random stages (default 3)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--max-new-tokens", type=int, default=16)

@@ -209,7 +209,7 @@ def prune_demo(cfg: DemoConfig) -> list[str]:
     from .model import load
     from .prune.evaluate import PruneConfig
     from .prune.grid import GridConfig, prune_grid
-    from .prune.readers import EvalSet
+    from .benchmarks import EvalSet
 
     model_dir = cfg.data / "zoo" / cfg.prune_model
     files = task_files(cfg.data)

@@ -164,7 +164,7 @@ def test_schedule_average_tokens_and_errors():
 
 
 def test_vqa_normalization_and_accuracy():
-    from horizon.prune.metrics import normalize_vqa, vqa_accuracy
+    from horizon.benchmarks.vqav2 import normalize as normalize_vqa, vqa_accuracy
 
     assert normalize_vqa("The Two dogs!") == "2 dogs"
     assert normalize_vqa("  Yes.") == "yes"
@@ -181,13 +181,26 @@ def test_vqa_normalization_and_accuracy():
 
 
 def test_mme_acc_plus_and_pope_f1():
-    from horizon.prune.metrics import exact_match, mme_scores, pope_scores
+    import pandas as pd
 
-    mme = mme_scores(["a", "a", "b", "b", "c", "c"], ["Yes", "no", "yes", "yes.", "No, it is not", "maybe"],
-                     ["yes", "no", "yes", "no", "no", "yes"])
-    assert mme["acc"] == pytest.approx(4 / 6) and mme["acc_plus"] == pytest.approx(1 / 3)
-    assert mme["score"] == pytest.approx(100 * (4 / 6 + 1 / 3))
-    pope = pope_scores(["yes", "yes", "no", "yes", "no", "no"], ["yes", "no", "yes", "yes", "no", "no"])
+    from horizon.benchmarks import METRICS
+    from horizon.benchmarks.jsonl import exact_match
+    from horizon.data import Sample
+
+    def scored(metric, task, pairs, predictions, answers):
+        rows = []
+        for i, (pair, p, a) in enumerate(zip(pairs, predictions, answers)):
+            sample = Sample(str(i), None, "q", [a], task, {"pair": pair})
+            rows.append({"task": task, "prediction": p, "answers": [a],
+                         "score": METRICS.get(metric).score(p, sample), **METRICS.get(metric).row_fields(sample)})
+        return METRICS.get(metric).aggregate(pd.DataFrame(rows))
+
+    mme = scored("mme", "existence", ["a", "a", "b", "b", "c", "c"],
+                 ["Yes", "no", "yes", "yes.", "No, it is not", "maybe"], ["yes", "no", "yes", "no", "no", "yes"])
+    assert mme["accuracy"] == pytest.approx(4 / 6) and mme["acc_plus"] == pytest.approx(1 / 3)
+    assert mme["mme_score"] == pytest.approx(100 * (4 / 6 + 1 / 3))
+    pope = scored("pope", "pope-random", [None] * 6, ["yes", "yes", "no", "yes", "no", "no"],
+                  ["yes", "no", "yes", "yes", "no", "no"])
     # tp=2 fp=1 fn=1 tn=2
     assert pope["accuracy"] == pytest.approx(4 / 6)
     assert pope["precision"] == pytest.approx(2 / 3) and pope["recall"] == pytest.approx(2 / 3)

@@ -347,18 +347,21 @@ def test_cli_pope_scores(checkpoints, tmp_path, capsys, monkeypatch):
     assert main(["prune-eval", "--model", str(checkpoints["llava"]), "--data", str(questions), "--format", "pope",
                  "--answers", str(coco), "--image-folder", str(images), "--schedule", "none",
                  "--max-new-tokens", "2", "--out", str(out), "-q"]) == 0
-    assert "pope accuracy 0.250" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pope accuracy 0.500" in printed and "scoring: POPE as LLaVA's eval_pope" in printed
     assert len(calls) == 4
     rows = lines(out / "predictions.jsonl")
     label = {f"{cat}-{q}": lab for q, cat, _, _, lab in asked}
     assert [r["sample_id"] for r in rows] == list(label) and [r["prediction"] for r in rows] == said
     assert [r["task"] for r in rows] == ["pope-adversarial"] * 2 + ["pope-random"] * 2
     assert [r["answers"] for r in rows] == [[lab] for *_, lab in asked]
-    assert [r["score"] for r in rows] == [1.0, 0.0, 0.0, 0.0]  # per answer: said yes/no and right
+    # LLaVA's eval_pope.py reads "maybe yes" as yes (no No/not/no among its words): right
+    assert [r["score"] for r in rows] == [1.0, 0.0, 0.0, 1.0]
 
     def said_yes(text: str) -> bool:
-        words = re.findall(r"[a-z]+", text.lower())
-        return bool(words) and words[0] == "yes"
+        """eval_pope.py's reading: first sentence, commas dropped, words split at spaces, No/not/no is no."""
+        words = text.split(".")[0].replace(",", "").split(" ")
+        return not {"No", "not", "no"} & set(words)
 
     def expected(subset):
         tp = sum(said_yes(r["prediction"]) and label[r["sample_id"]] == "yes" for r in subset)
@@ -368,23 +371,29 @@ def test_cli_pope_scores(checkpoints, tmp_path, capsys, monkeypatch):
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {"accuracy": (tp + tn) / len(subset), "precision": precision, "recall": recall, "f1": f1}
+        return {"accuracy": (tp + tn) / len(subset), "precision": precision, "recall": recall, "f1": f1,
+                "yes_ratio": sum(said_yes(r["prediction"]) for r in subset) / len(subset)}
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metric"] == "pope" and summary["n_samples"] == 4
-    overall = expected(rows)
-    # by hand: yes/yes tp, yes/no fp, no/yes fn, "maybe yes"/yes fn
-    assert overall == pytest.approx({"accuracy": 0.25, "precision": 0.5, "recall": 1 / 3, "f1": 0.4})
-    for key, value in overall.items():
-        assert summary[key] == pytest.approx(value), key
+    assert summary["metric"] == "pope" and summary["n_samples"] == 4 and "eval_pope" in summary["scoring"]
     tasks = {t["task"]: t for t in summary["tasks"]}
     assert set(tasks) == {"pope-adversarial", "pope-random"}
+    per_split = {}
     for task, t in tasks.items():
         subset = [r for r in rows if r["task"] == task]
         assert len(subset) == 2
-        for key, value in expected(subset).items():
+        per_split[task] = expected(subset)
+        for key, value in per_split[task].items():
             assert t[key] == pytest.approx(value), (task, key)
-    assert tasks["pope-adversarial"]["f1"] == pytest.approx(2 / 3) and tasks["pope-random"]["accuracy"] == 0.0
+    # by hand: adversarial = yes/yes tp + yes/no fp; random = no/yes fn + "maybe yes"/yes tp
+    assert per_split["pope-adversarial"] == pytest.approx(
+        {"accuracy": 0.5, "precision": 0.5, "recall": 1.0, "f1": 2 / 3, "yes_ratio": 1.0})
+    assert per_split["pope-random"] == pytest.approx(
+        {"accuracy": 0.5, "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "yes_ratio": 0.5})
+    # eval_pope.py reports splits only; the overall row is the mean over the splits
+    for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        assert summary[key] == pytest.approx((per_split["pope-adversarial"][key] + per_split["pope-random"][key]) / 2)
+    assert (summary["precision"], summary["recall"], summary["yes_ratio"]) == pytest.approx((0.75, 0.75, 0.75))
 
 
 # -- 7. the grid -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from horizon.data import Sample
-from horizon.prune.readers import EvalSet, read_eval
+from horizon.benchmarks import EvalSet, read_eval
 from helpers import error_of
 
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -54,7 +54,8 @@ def textvqa_files(root: Path) -> tuple[Path, Path]:
 def test_textvqa_reads_llava_questions_with_official_answers(tmp_path):
     questions, annotations = textvqa_files(tmp_path)
     got = read_eval(questions, answers=annotations, image_folder=tmp_path / "train_images", format="textvqa")
-    assert isinstance(got, EvalSet) and (got.metric, got.format) == ("vqa", "textvqa")
+    # scored as LLaVA's eval_textvqa does (EvalAI answer processing), not with VQAv2's rules
+    assert isinstance(got, EvalSet) and (got.metric, got.format) == ("textvqa", "textvqa")
     assert [s.id for s in got.samples] == ["34602", "34603", "34604", "34605"]
     camera, liquor, aged, jersey = got.samples
     assert isinstance(camera, Sample)
@@ -344,7 +345,7 @@ def test_auto_ambiguous_or_conflicting_asks_for_format(tmp_path):
 def test_general_errors_are_one_line_and_name_the_file(tmp_path):
     error_of(lambda: read_eval(tmp_path / "missing.jsonl"), str(tmp_path / "missing.jsonl"), "--data")
     questions, annotations = textvqa_files(tmp_path)
-    error_of(lambda: read_eval(questions, answers=annotations, format="vqav2"), "--format", "'vqav2'", "textvqa")
+    error_of(lambda: read_eval(questions, answers=annotations, format="gqa"), "--format", "'gqa'", "textvqa", "vqav2")
     malformed = tmp_path / "malformed.jsonl"
     malformed.write_text(json.dumps({"question_id": "a", "image": "a.jpg", "text": "Q?"}) + "\n{\"question_id\": \n")
     error_of(lambda: read_eval(malformed, answers=annotations, format="textvqa"), f"{malformed}:2:", "malformed JSON")

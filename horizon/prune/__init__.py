@@ -5,15 +5,16 @@
 * ``schedule``: stages ``method@layer:keep`` and the paper's average-token accounting;
 * ``generate``: greedy generation with a schedule applied at prefill and KV-cached decoding;
 * ``evaluate``: ``prune_eval`` -- scored answers, seeds, cost, a resumable directory;
-* ``readers``: question files (DESIGN §4 JSONL, LLaVA's TextVQA / MME / POPE);
-* ``metrics``: exact match, VQA accuracy, MME, POPE;
 * ``grid``: methods x budgets x switch layers, with trade-off figures.
+
+Question files and their official scoring are :mod:`horizon.benchmarks`
+(``read_eval`` and ``EvalSet`` are re-exported here).
 """
 
+from ..benchmarks import EvalSet, read_eval
 from .evaluate import PruneConfig, PruneResult, prune_eval
 from .generate import Generation, generate
 from .grid import GridConfig, prune_grid
-from .readers import EvalSet, read_eval
 from .schedule import Schedule, Stage, parse_schedule
 from .strategies import METHODS, select
 

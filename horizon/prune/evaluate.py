@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..benchmarks import METRICS, EvalSet, Scoring, metric_choices, read_eval
 from ..data import Sample
 from ..errors import HorizonError, SampleError
 from ..model import VisionLM, load
@@ -31,13 +32,10 @@ from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
 from ..store import atomic_write_bytes, check_resume, config_hash
 from .generate import Generation, generate, prefill_flops, sample_seed
-from .metrics import exact_match, mme_scores, pope_scores, vqa_accuracy, yes_no
-from .readers import EvalSet, read_eval
 from .schedule import Schedule, parse_schedule
 
 log = logging.getLogger("horizon")
 
-METRICS = ("auto", "exact", "vqa", "mme", "pope")
 HASHED = ("model", "data", "schedule", "switch_at", "schedules", "positions", "seeds", "seed", "max_new_tokens",
           "metric", "info_run", "dtype")
 
@@ -56,15 +54,15 @@ class PruneConfig:
     seeds: int | None = None  # None: 3 when the schedule has a random stage, else 1
     seed: int = 0
     max_new_tokens: int = 16
-    metric: str = "auto"
+    metric: str = "auto"  # "auto" (the data's own) or a name in horizon.benchmarks.METRICS
     info_run: str | Path | None = None  # scan run directory for `info` stages
     info_metric: str | None = None
     limit: int | None = None
     on_error: str = "stop"
 
     def validate(self) -> None:
-        if self.metric not in METRICS:
-            raise HorizonError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.metric not in metric_choices():
+            raise HorizonError(f"--metric must be one of {', '.join(metric_choices())}, got {self.metric!r}")
         if self.positions not in ("original", "renumber"):
             raise HorizonError(f"--positions must be original or renumber, got {self.positions!r}")
         if self.seeds is not None and self.seeds < 1:
@@ -228,29 +226,27 @@ class InfoScores:
         return out
 
 
-# -- scoring -----------------------------------------------------------------------
+# -- scoring: delegated to the benchmark registry (horizon.benchmarks) ---------------------
 
 def resolve_metric(metric: str, evalset: EvalSet) -> str:
-    return evalset.metric if metric == "auto" else metric
+    """The metric's name: ``metric``, or for ``auto`` the one the data's benchmark scores with."""
+    name = evalset.metric if metric == "auto" else metric
+    METRICS.get(name)  # an unknown name fails here, in one line, before any work
+    return name
+
+
+def scoring(metric: str) -> Scoring:
+    return METRICS.get(metric)
 
 
 def sample_score(metric: str, prediction: str, sample: Sample) -> float:
-    if metric == "exact":
-        return exact_match(prediction, sample.answers)
-    if metric == "vqa":
-        return vqa_accuracy(prediction, sample.answers)
-    return float(yes_no(prediction) == sample.answer.strip().lower())
+    """One answer's score in [0, 1], as the metric's official evaluator scores it."""
+    return METRICS.get(metric).score(prediction, sample)
 
 
 def score_frame(metric: str, frame: pd.DataFrame) -> dict[str, float]:
-    """The metric's numbers over one seed's predictions; ``accuracy`` is the headline."""
-    if metric == "mme":
-        s = mme_scores(list(frame.pair), list(frame.prediction), [a[0] for a in frame.answers])
-        return {"accuracy": s["acc"], "acc_plus": s["acc_plus"], "mme_score": s["score"]}
-    if metric == "pope":
-        s = pope_scores(list(frame.prediction), [a[0] for a in frame.answers])
-        return {**s, "accuracy": s["accuracy"]}
-    return {"accuracy": float(frame.score.mean())}
+    """The metric's numbers over one seed's predictions (its benchmark's aggregation); ``accuracy`` is the headline."""
+    return METRICS.get(metric).aggregate(frame)
 
 
 def bootstrap_ci(scores: pd.Series, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -432,7 +428,8 @@ def prune_eval(
     overall = tasks[tasks.task == "all"].to_dict("records")
     summary = {
         "model": vlm.source, "data": evalset.source, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
-        "schedules": meta["schedules"], "positions": cfg.positions, "metric": metric, "seeds": seeds,
+        "schedules": meta["schedules"], "positions": cfg.positions, "metric": metric,
+        "scoring": scoring(metric).official, "seeds": seeds,
         **(overall[0] if overall else {"n_samples": 0}),
         "tasks": [r for r in tasks.to_dict("records") if r["task"] != "all"],
     }
@@ -468,11 +465,11 @@ def _evaluate(vlm: VisionLM, sample: Sample, seed: int, cfg: PruneConfig, schedu
     text_cfg = vlm.language_model.config
     full = [len(inputs["input_ids"][0])] * vlm.n_layers
     flops = prefill_flops(text_cfg, gen.tokens_per_layer)
+    score = scoring(metric)
     return {
         "sample_id": sample.id, "task": sample.task, "seed": seed, "schedule": str(schedule),
         "question": sample.question, "answers": list(sample.answers), "prediction": gen.text,
-        "score": sample_score(metric, gen.text, sample),
-        "pair": f"{sample.task}/{sample.extra['pair']}" if "pair" in sample.extra else None,
+        "score": score.score(gen.text, sample), "pair": None, **score.row_fields(sample),
         "n_visual": n_visual, "avg_visual_tokens": gen.avg_visual_tokens,
         "visual_per_layer": gen.visual_per_layer, "prefill_flops": flops,
         "relative_flops": flops / prefill_flops(text_cfg, full), "seconds": seconds,

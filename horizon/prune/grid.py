@@ -25,10 +25,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..benchmarks import EvalSet, read_eval
 from ..errors import HorizonError
 from ..model import VisionLM, load
 from .evaluate import PruneConfig, horizon_records, model_label, prune_eval
-from .readers import EvalSet, read_eval
 from .strategies import METHODS
 
 log = logging.getLogger("horizon")
