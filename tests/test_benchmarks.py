@@ -19,7 +19,7 @@ from horizon.benchmarks.answers import CONTRACTIONS, leave_one_out
 from horizon.benchmarks.mme import mme_answer
 from horizon.benchmarks.pope import pope_answer
 from horizon.benchmarks.textvqa import process_answer
-from horizon.benchmarks.vqav2 import normalize, vqa_accuracy
+from horizon.benchmarks.vqav2 import normalize
 from horizon.data import Sample
 from horizon.errors import HorizonError
 from horizon.prune.evaluate import summarize

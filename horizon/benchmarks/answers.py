@@ -35,7 +35,7 @@ Leave-one-out accuracy
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 
 __all__ = ["PUNCTUATION", "NUMBER_WORDS", "ARTICLES", "CONTRACTIONS", "punctuation", "words",
            "leave_one_out"]
@@ -101,7 +101,7 @@ def words(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in kept)
 
 
-def leave_one_out(prediction: str, answers: Sequence[str], keys: Sequence[Hashable] | None = None) -> float:
+def leave_one_out(prediction: str, answers: Sequence[str], keys: Sequence[object] | None = None) -> float:
     """Mean over the human answers i of min(1, matches among the others / 3).
 
     "The others" are the answers whose ``(answer, key)`` differs from the i-th
