@@ -16,8 +16,8 @@ Pure functions of tidy DataFrames; no model needed. The pipeline:
 Numerical floor: every run records the largest score that rounding alone
 produces (``numerical_floor`` in run.json). Scores at or below it (in absolute
 value) are set to 0 before anything else, so information below the floor is
-zero. A curve whose mean information is never significantly above the floor
-has *no information at any layer* (status ``no-information``): no horizon.
+zero. A curve whose mean information never rises above the floor has *no
+information at any layer* (status ``no-information``): no horizon.
 
 Horizon: the first scanned layer h such that at h and every later scanned
 layer the mean information has *vanished*: it is at most the vanishing level
@@ -263,9 +263,14 @@ def _vanished(mean: np.ndarray, sq_mean: np.ndarray, n: int, params: StatsParams
     return ~_one_sided(mean, sq_mean, n, tau, params.alpha, above=True)
 
 
-def _informative(mean: np.ndarray, sq_mean: np.ndarray, n: int, floor: float, alpha: float) -> np.ndarray:
-    """Whether any layer's mean information is significantly above the floor (per row)."""
-    return _one_sided(mean, sq_mean, n, floor, alpha, above=True).any(axis=-1)
+def _informative(mean: np.ndarray, floor: float) -> np.ndarray:
+    """Whether the curve rises above the numerical floor at any layer (per row).
+
+    Scores within the floor are already zero, so rounding alone leaves the
+    curve at or below it; any excess is information (a test of whether it is
+    *significant* is the horizon's business, not this status's).
+    """
+    return (np.nan_to_num(mean, nan=0.0) > floor).any(axis=-1)
 
 
 def _horizon_index(vanished: np.ndarray) -> np.ndarray:
@@ -309,8 +314,8 @@ def estimate(
 
     ``floor`` is the runs' numerical floor for this metric (scores already
     zeroed within it). With fewer than two samples nothing can be tested
-    (status ``undetermined``); a curve never significantly above the floor
-    has status ``no-information``.
+    (status ``undetermined``); a curve that never rises above the floor has
+    status ``no-information``.
     """
     n = info.shape[0]
     test = params.vanishing_test
@@ -321,7 +326,7 @@ def estimate(
                              np.full(params.n_boot, math.nan))
     mean, sq = np.nanmean(info, 0), np.nanmean(info**2, 0)
     threshold_value = float(_vanishing_level(mean[None], params.threshold, floor)[0, 0])
-    if not _informative(mean[None], sq[None], n, floor, params.alpha)[0]:
+    if not _informative(mean[None], floor)[0]:
         return CurveEstimate(Horizon(NO_INFORMATION, n_layers=n_layers, test=test), None, nan2, threshold_value,
                              np.full(params.n_boot, math.nan))
     h_idx = int(_horizon_index(_vanished(mean[None], sq[None], n, params, floor))[0])
@@ -462,7 +467,7 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
     floor = max(_floor_of(a), _floor_of(b))
     units = "relative depth" if relative else "layers"
     empty = [str(side) for side, x in zip(names, (xa, xb))
-             if len(x) >= 2 and not _informative(x.mean(0)[None], (x**2).mean(0)[None], len(x), floor, params.alpha)[0]]
+             if len(x) >= 2 and not _informative(x.mean(0)[None], floor)[0]]
     if empty:
         nan = math.nan
         return {"horizon_a": nan, "horizon_b": nan, "difference": nan, "difference_lo": nan, "difference_hi": nan,

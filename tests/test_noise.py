@@ -125,3 +125,15 @@ def test_analyze_reads_the_floor_from_the_run_and_reports_the_status(tmp_path, c
     assert records["colour"]["floor"] == floor and records["colour"]["vanishing_test"] == "equivalence"
     assert records["ocr"]["horizon_status"] == "found" and records["ocr"]["horizon"] == pytest.approx(10, abs=1)
     assert "no information" in capsys.readouterr().out
+
+
+def test_information_in_a_few_samples_is_not_no_information():
+    """Above the floor but not significantly (two samples of 30 carry it): a horizon with a wide CI, not the status."""
+    floor = 1e-6
+    frame = rounding_only(floor)
+    few = frame.sample_id.isin(["t-0", "t-1"]) & (frame.layer < 5) & (frame.group == 0)
+    frame["value"] = frame.value.astype(np.float64)
+    frame.loc[few, "value"] = 2.0
+    row = summary_of(frame)
+    assert row.horizon_status != "no-information"
+    assert summary_of(rounding_only(floor)).horizon_status == "no-information"
