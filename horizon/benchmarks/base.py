@@ -96,10 +96,8 @@ class Benchmark(ABC):
     #: whether the questions may come as a LLaVA question file (``question_id``, ``image``, ``text``)
     llava_questions: bool = True
 
-    @property
-    @abstractmethod
-    def scoring(self) -> Scoring:
-        """The benchmark's official scoring (what ``score`` and ``aggregate`` use)."""
+    #: the benchmark's official scoring (what ``score`` and ``aggregate`` use); every benchmark sets it
+    scoring: Scoring
 
     @abstractmethod
     def read(self, data: Path, answers: Path | None, image_folder: Path | None) -> EvalSet:

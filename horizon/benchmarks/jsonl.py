@@ -50,11 +50,7 @@ class Jsonl(Benchmark):
     prompt = ""
     answers_hint = None
     llava_questions = False
-    _scoring = ExactMatch()
-
-    @property
-    def scoring(self) -> Scoring:
-        return self._scoring
+    scoring = ExactMatch()
 
     def read(self, data: Path, answers: Path | None, image_folder: Path | None) -> EvalSet:
         if answers is not None:
@@ -67,5 +63,5 @@ class Jsonl(Benchmark):
         return EvalSet(samples, metric, self.name)
 
 
-METRICS.register(ExactMatch.name, Jsonl._scoring)
+METRICS.register(ExactMatch.name, Jsonl.scoring)
 BENCHMARKS.register(Jsonl.name, Jsonl())

@@ -240,11 +240,7 @@ class MME(Benchmark):
     name = "mme"
     prompt = LLAVA_SHORT_ANSWER
     answers_hint = "MME questions need the benchmark's ground truth; pass --answers MME_Benchmark_release_version"
-    _scoring = MMEScoring()
-
-    @property
-    def scoring(self) -> Scoring:
-        return self._scoring
+    scoring = MMEScoring()
 
     def claims_questions(self, questions: list[LlavaQuestion]) -> bool:
         categories = {q.category for q in questions}
@@ -286,5 +282,5 @@ class MME(Benchmark):
         return EvalSet(samples, self.scoring.name, self.name)
 
 
-METRICS.register(MMEScoring.name, MME._scoring)
+METRICS.register(MMEScoring.name, MME.scoring)
 BENCHMARKS.register(MME.name, MME())

@@ -177,11 +177,7 @@ class Pope(Benchmark):
     name = "pope"
     prompt = LLAVA_SHORT_ANSWER
     answers_hint = "POPE questions need their labels; pass --answers with the folder of coco_pope_<category>.json files"
-    _scoring = PopeScoring()
-
-    @property
-    def scoring(self) -> Scoring:
-        return self._scoring
+    scoring = PopeScoring()
 
     def claims_questions(self, questions: list[LlavaQuestion]) -> bool:
         return {q.category for q in questions} <= POPE_CATEGORIES
@@ -222,5 +218,5 @@ class Pope(Benchmark):
         return EvalSet(samples, self.scoring.name, self.name)
 
 
-METRICS.register(PopeScoring.name, Pope._scoring)
+METRICS.register(PopeScoring.name, Pope.scoring)
 BENCHMARKS.register(Pope.name, Pope())

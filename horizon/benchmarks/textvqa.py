@@ -116,11 +116,7 @@ class TextVQA(Benchmark):
     name = "textvqa"
     prompt = LLAVA_SHORT_ANSWER
     answers_hint = "TextVQA questions need the official annotations; pass --answers TextVQA_0.5.1_val.json"
-    _scoring = TextVQAAccuracy()
-
-    @property
-    def scoring(self) -> Scoring:
-        return self._scoring
+    scoring = TextVQAAccuracy()
 
     def claims_answers(self, answers: Path) -> int:
         if not answers.is_file() or answers.suffix != ".json" or answers.name.startswith("coco_pope_"):
@@ -182,5 +178,5 @@ class TextVQA(Benchmark):
         return EvalSet(samples, self.scoring.name, self.name)
 
 
-METRICS.register(TextVQAAccuracy.name, TextVQA._scoring)
+METRICS.register(TextVQAAccuracy.name, TextVQA.scoring)
 BENCHMARKS.register(TextVQA.name, TextVQA())

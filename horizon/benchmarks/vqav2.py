@@ -161,11 +161,7 @@ class VQAv2(Benchmark):
     prompt = LLAVA_SHORT_ANSWER
     answers_hint = ("VQAv2 questions need the official annotations; pass --answers "
                     "v2_mscoco_val2014_annotations.json")
-    _scoring = VQAAccuracy()
-
-    @property
-    def scoring(self) -> Scoring:
-        return self._scoring
+    scoring = VQAAccuracy()
 
     def claims_data(self, data: Path, start: str) -> bool:
         return start.lstrip().startswith("{") and _QUESTIONS.search(start) is not None
@@ -228,5 +224,5 @@ class VQAv2(Benchmark):
         return [(q.where, str(q.question_id), q.image, q.text) for q in llava_questions(data)]
 
 
-METRICS.register(VQAAccuracy.name, VQAv2._scoring)
+METRICS.register(VQAAccuracy.name, VQAv2.scoring)
 BENCHMARKS.register(VQAv2.name, VQAv2())
