@@ -15,8 +15,12 @@ def run_readme_example(marker: str) -> dict:
 
 
 def test_readme_python_api_example_runs():
-    result = run_readme_example("horizon.scan(")["result"]
+    namespace = run_readme_example("horizon.scan(")
+    result = namespace["result"]
     assert len(result.scores) == 2 * 2 * 4 * 2  # samples x layers x 1x1 groups of 2x2 x metrics
+    assert set(namespace["run"].config["numerical_floor"]) == {"gain_logp", "gain_prob"}
+    summary = namespace["analysis"]["summary"]
+    assert set(summary.metric) == {"gain_logp", "gain_prob"} and set(summary.vanishing_test) == {"equivalence"}
 
 
 def test_readme_pruning_example_runs():
