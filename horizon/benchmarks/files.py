@@ -91,6 +91,17 @@ class LlavaQuestion:
     where: str  # "file:line" for messages
 
 
+def check_entry(entry: Any, where: str, required: tuple[str, ...]) -> None:
+    """One entry of an annotation document: a JSON object with the ``required`` keys and a string 'question'."""
+    if not isinstance(entry, dict):
+        raise HorizonError(f"{where} is not a JSON object")
+    missing = [k for k in required if k not in entry]
+    if missing:
+        raise HorizonError(f"{where} is missing key(s) {', '.join(missing)}")
+    if not isinstance(entry["question"], str):
+        raise HorizonError(f"{where}: 'question' must be a string")
+
+
 def llava_questions(path: Path, *, need_category: bool = False) -> list[LlavaQuestion]:
     out = []
     for lineno, obj in json_lines(path):

@@ -56,7 +56,7 @@ from ..data import Sample
 from ..errors import HorizonError
 from .answers import leave_one_out, punctuation, words
 from .base import BENCHMARKS, LLAVA_SHORT_ANSWER, METRICS, Benchmark, EvalSet, Scoring
-from .files import head, image_path, llava_questions, read_json, squash
+from .files import check_entry, head, image_path, llava_questions, read_json, squash
 
 __all__ = ["TextVQA", "TextVQAAccuracy", "process_answer"]
 
@@ -102,13 +102,7 @@ def _textvqa_annotations(path: Path) -> list[dict[str, Any]]:
         raise HorizonError(f"{path}: not a TextVQA annotation file (expected {{\"data\": [...]}} as in "
                            f"TextVQA_0.5.1_val.json) (--answers)")
     for i, entry in enumerate(doc["data"]):
-        if not isinstance(entry, dict):
-            raise HorizonError(f"{path}: data[{i}] is not a JSON object")
-        missing = [k for k in ("question_id", "image_id", "question") if k not in entry]
-        if missing:
-            raise HorizonError(f"{path}: data[{i}] is missing key(s) {', '.join(missing)}")
-        if not isinstance(entry["question"], str):
-            raise HorizonError(f"{path}: data[{i}]: 'question' must be a string")
+        check_entry(entry, f"{path}: data[{i}]", ("question_id", "image_id", "question"))
     return doc["data"]
 
 

@@ -63,7 +63,7 @@ from ..data import Sample
 from ..errors import HorizonError
 from .answers import leave_one_out, punctuation, words
 from .base import BENCHMARKS, LLAVA_SHORT_ANSWER, METRICS, Benchmark, EvalSet, Scoring
-from .files import head, image_path, llava_questions, read_json
+from .files import check_entry, head, image_path, llava_questions, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,13 +203,7 @@ class VQAv2(Benchmark):
         out = []
         for i, q in enumerate(doc["questions"]):
             where = f"{data}: questions[{i}]"
-            if not isinstance(q, dict):
-                raise HorizonError(f"{where} is not a JSON object")
-            absent = [k for k in ("image_id", "question", "question_id") if k not in q]
-            if absent:
-                raise HorizonError(f"{where} is missing key(s) {', '.join(absent)}")
-            if not isinstance(q["question"], str):
-                raise HorizonError(f"{where}: 'question' must be a string")
+            check_entry(q, where, ("image_id", "question", "question_id"))
             try:
                 image = f"COCO_{image_split}_{int(q['image_id']):012d}.jpg"
             except (TypeError, ValueError):
