@@ -22,8 +22,9 @@ SAMPLE_COLUMNS = [
     "sample_id", "task", "question", "answer", "input_ids", "answer_ids", "image",
     "n_visual", "grid_h", "grid_w", "clean_logp", "clean_pred", "status", "floor",
 ]
-FLOOR_METHOD = ("largest |score| of the null ablations (one per scanned layer and sample: remove nothing, or keep "
-                "nothing against the keep baseline) computed in the same batches as the real ablations")
+FLOOR_METHOD = ("largest over the samples of: the |score| of null ablations (one per scanned layer: remove nothing, or "
+                "keep nothing against the keep baseline) run in the same batches as the real ablations, and how far "
+                "each real ablation's score moves when both distributions' logits move by +-4 eps max|logit|")
 GROUP_COLUMNS = ["sample_id", "group", "row", "col", "positions"]
 SCORE_COLUMNS = ["sample_id", "layer", "group", "metric", "value"]
 
@@ -94,6 +95,8 @@ class RunStore:
         if check_resume(run_json, config, HASHED_KEYS, resume, "a run"):
             self.config = json.loads(run_json.read_text())
             self._load_existing()
+            # a kill between samples.parquet and run.json leaves run.json one sample behind
+            self.config["numerical_floor"] = run_floor(self.samples)
             return
         self.config = config
         if self.path.exists() and any(p.name != LOG_NAME for p in self.path.iterdir()):
@@ -127,7 +130,9 @@ class RunStore:
         row = pd.DataFrame([{k: sample_row.get(k) for k in SAMPLE_COLUMNS}])
         self.samples = pd.concat([self.samples, row], ignore_index=True) if len(self.samples) else row
         atomic_write_parquet(self.path / "samples.parquet", self.samples)
-        floor = run_floor(self.samples)
+        floor = dict(self.config.get("numerical_floor") or {})
+        if sample_row.get("status", "ok") == "ok":
+            merge_floor(floor, sample_row.get("floor"))
         if floor != self.config.get("numerical_floor"):
             self.config.update(numerical_floor=floor, numerical_floor_method=FLOOR_METHOD)
             atomic_write_bytes(self.path / "run.json", (json.dumps(self.config, indent=2, default=str) + "\n").encode())
@@ -140,9 +145,14 @@ def run_floor(samples: pd.DataFrame) -> dict[str, float]:
     ok = samples[samples.status.fillna("ok") == "ok"] if "status" in samples.columns else samples
     floor: dict[str, float] = {}
     for text in ok["floor"].dropna():
-        for metric, value in json.loads(text).items():
-            floor[metric] = max(floor.get(metric, 0.0), float(value))
+        merge_floor(floor, text)
     return floor
+
+
+def merge_floor(floor: dict[str, float], sample_floor: str | None) -> None:
+    """Raise ``floor`` (metric -> value) to one sample's floor (its JSON text in samples.parquet)."""
+    for metric, value in json.loads(sample_floor or "{}").items():
+        floor[metric] = max(floor.get(metric, 0.0), float(value))
 
 
 def read_scores(run: str | Path) -> pd.DataFrame:
