@@ -146,13 +146,9 @@ def _ocr_heatmaps(runs: list[Path], out: Path, metrics: dict[str, str]) -> None:
         plot_layer_group_heatmap(run["scores"], sample, metric, out, model=run["model"])
 
 
-def floor_line(runs: list[Path]) -> str:
-    """The largest numerical floor of the runs, per metric, as the summary applies it."""
-    floors: dict[str, float] = {}
-    for run in runs:
-        for metric, value in json.loads((run / "run.json").read_text()).get("numerical_floor", {}).items():
-            floors[metric] = max(floors.get(metric, 0.0), value)
-    parts = ", ".join(f"{m} {v:.1e}" for m, v in sorted(floors.items()))
+def floor_line(summary: pd.DataFrame) -> str:
+    """The largest numerical floor of the runs, per metric, as the summary applied it."""
+    parts = ", ".join(f"{m} {v:.1e}" for m, v in summary.groupby("metric")["floor"].max().sort_index().items())
     return f"numerical floor (largest over the runs; scores within it count as zero): {parts}"
 
 
@@ -179,7 +175,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     _ocr_heatmaps(runs, cfg.out, {"keep": cfg.metric, "remove": cfg.comparison_metric})
     summary = result["summary"]
     names = sorted(summary.model.unique())
-    lines = ["", format_table(summary), "", floor_line(runs), ""]
+    lines = ["", format_table(summary), "", floor_line(summary), ""]
     accuracy = []
     for run in runs:
         if not run.name.endswith(f"-{cfg.protocols[0]}"):
