@@ -24,8 +24,6 @@ from typing import Iterator, Sequence
 
 import nnsight
 import torch
-from transformers import DynamicCache
-
 from .model import VisionLM
 
 log = logging.getLogger("horizon")
@@ -64,8 +62,9 @@ class CleanPass:
     values: list[torch.Tensor]
     position_ids: torch.Tensor  # (..., 1, S): (1, S) for RoPE, (3, 1, S) for M-RoPE
     rotary: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (S, head_dim), as the layers received them
-    logits: torch.Tensor  # (1, S, V) full clean logits
+    logits: torch.Tensor  # (1, S, V) full clean logits, as the model computes them
     scored: list[int]  # positions whose next-token distribution is scored
+    scored_logits: torch.Tensor  # (m, V) float32 logits at the scored positions (float32 norm and head)
 
     @property
     def seq_len(self) -> int:
@@ -74,10 +73,11 @@ class CleanPass:
     def scored_logprobs(self) -> torch.Tensor:
         """(m, V) float64 log-probabilities at the scored positions.
 
-        float64 because a float32 log-softmax rounds log p to a multiple of
-        2^-23 near p = 1, which is larger than many real score differences.
+        From float32 logits (see ``Adapter.scored_logits``), the same head the
+        ablated passes use; float64 because a float32 log-softmax rounds log p
+        to a multiple of 2^-23 near p = 1, larger than many real score differences.
         """
-        return torch.log_softmax(self.logits[0, self.scored].double(), dim=-1)
+        return torch.log_softmax(self.scored_logits.double(), dim=-1)
 
 
 def ensure_maskable_attention(vlm: VisionLM) -> None:
@@ -99,12 +99,14 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
         rotary = lm.layers[0].inputs[1]["position_embeddings"].save()
         for layer in lm.layers:
             hidden.append(layer.input[0].save())
+        final = lm.norm.input.save()  # the last layer's output, before the final norm
         output = vlm.nn.output.save()
     seq_len = inputs["input_ids"].shape[1]
     position_ids = lm_kwargs.get("position_ids")
     if position_ids is None:
         position_ids = torch.arange(seq_len, device=vlm.device)[None]
-    cache = output.past_key_values
+    cache = vlm.adapter.output_cache(output)
+    scored = list(scored)
     return CleanPass(
         input_ids=inputs["input_ids"][0],
         layer_inputs=list(hidden),
@@ -113,7 +115,8 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
         position_ids=position_ids,
         rotary=(rotary[0][0], rotary[1][0]),
         logits=output.logits,
-        scored=list(scored),
+        scored=scored,
+        scored_logits=vlm.adapter.scored_logits(vlm.language_model, vlm.lm_head, final[0, scored]),
     )
 
 
@@ -216,10 +219,10 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
                 clean.values[j][:, :, :prefix].expand(n_rows, -1, -1, -1))
 
     if layer < last:
-        cache = DynamicCache(ddp_cache_data=[(None, None)] * layer + [prefix_kv(j) for j in range(layer, last)]) if prefix else None
+        cache = vlm.adapter.make_cache([None] * layer + [prefix_kv(j) for j in range(layer, last)]) if prefix else None
         lm = vlm.lm_envoy
         with lm.trace(inputs_embeds=hidden, position_ids=position_ids, attention_mask=mask,
-                      past_key_values=cache) as tracer:
+                      **vlm.adapter.cache_kwargs(vlm.language_model, cache)) as tracer:
             lm.rotary_emb.skip(rotary)  # the clean pass computed every position's rotary embedding
             for skipped in lm.layers[:layer]:
                 skipped.skip(skipped.input)  # the clean state at layer l is already the input
@@ -232,8 +235,8 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
     if n > m:
         k, v = vlm.adapter.key_values(final_layer, hidden[:, : n - m], (rotary[0][:, : n - m], rotary[1][:, : n - m]))
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
-    cache = DynamicCache(ddp_cache_data=[(None, None)] * last + [(keys, values)]) if keys.shape[2] else None
-    out = final_layer(hidden[:, n - m:], attention_mask=mask[:, :, n - m:], past_key_values=cache,
+    cache = vlm.adapter.make_cache([None] * last + [(keys, values)]) if keys.shape[2] else None
+    out = final_layer(hidden[:, n - m:], attention_mask=mask[:, :, n - m:], **vlm.adapter.cache_kwargs(final_layer, cache),
                       position_embeddings=(rotary[0][:, n - m:], rotary[1][:, n - m:]))
     out = out[0] if isinstance(out, tuple) else out
-    return torch.log_softmax(vlm.lm_head(vlm.language_model.norm(out)).double(), dim=-1)
+    return torch.log_softmax(vlm.adapter.scored_logits(vlm.language_model, vlm.lm_head, out).double(), dim=-1)

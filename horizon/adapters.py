@@ -7,6 +7,7 @@ each image's token grid. Everything else in horizon is architecture-agnostic.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -84,6 +85,53 @@ class Adapter:
         keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # grouped-query heads
         scores = (query.float() @ keys.float().transpose(-1, -2)) * attn.scaling
         return torch.softmax(scores, dim=-1)[0, :, 0]
+
+    # -- caches ----------------------------------------------------------
+    def cache_keyword(self, module: torch.nn.Module) -> str:
+        """The keyword ``module``'s forward takes its KV cache by.
+
+        transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old
+        name warns and goes away in 5.40); earlier 5.x releases only know the
+        old one. Reading the signature supports both without a version table.
+        """
+        params = inspect.signature(module.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def cache_kwargs(self, module: torch.nn.Module, cache: Any) -> dict[str, Any]:
+        return {self.cache_keyword(module): cache}
+
+    def make_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor] | None]) -> Any:
+        """A KV cache holding ``layers[j]`` = (keys, values) for layer j; None leaves a layer empty."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[kv if kv is not None else (None, None) for kv in layers])
+
+    def output_cache(self, output: Any) -> Any:
+        """The KV cache a forward pass returned, under either of transformers' names."""
+        fields = output.keys() if hasattr(output, "keys") else ()
+        return output["cache"] if "cache" in fields else output.past_key_values
+
+    # -- output head -----------------------------------------------------
+    def scored_logits(self, language_model: torch.nn.Module, lm_head: torch.nn.Module,
+                      hidden: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        """Logits in at least float32 from the last decoder layer's output ``hidden`` (..., D).
+
+        The final norm and the output projection run in float32 (float64 for a
+        float64 model) whatever the model's dtype: in bfloat16 the logits themselves are rounded to about
+        three significant digits, which alone moves small scores. The
+        projection goes in vocabulary chunks so no float32 copy of the whole
+        head is held. Llama-style RMSNorm upcasts to float32 inside and only
+        casts back to its input's dtype, so a float32 input stays float32.
+        """
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        x = language_model.norm(hidden.to(dtype))
+        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+        parts = []
+        for start in range(0, weight.shape[0], chunk):
+            w = weight[start : start + chunk].to(dtype)
+            b = bias[start : start + chunk].to(dtype) if bias is not None else None
+            parts.append(torch.nn.functional.linear(x, w, b))
+        return torch.cat(parts, dim=-1)
 
     # -- processing ------------------------------------------------------
     def load_processor(self, source: str, trust_remote_code: bool) -> Any:

@@ -265,7 +265,7 @@ def generate(
     logits = out.logits[0, -1].float()
     tokens: list[int] = []
     steps: list[torch.Tensor] = []
-    cache = out.past_key_values if use_cache else None
+    cache = vlm.adapter.output_cache(out) if use_cache else None
     embed = vlm.hf.get_input_embeddings()
     if use_cache:
         state.install(state.decode)
@@ -283,7 +283,8 @@ def generate(
                 state.step = step
                 hidden = vlm.language_model(
                     inputs_embeds=embed(torch.tensor([[token]], device=vlm.device)),
-                    position_ids=position_ids[..., -1:] + 1 + step, past_key_values=cache, use_cache=True,
+                    position_ids=position_ids[..., -1:] + 1 + step, use_cache=True,
+                    **vlm.adapter.cache_kwargs(vlm.language_model, cache),
                 ).last_hidden_state
                 logits = vlm.lm_head(hidden[0, -1]).float()
             else:
