@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import HorizonError
+from .decoding import DECODING_RULES
 from .records import VANISHING_TESTS
 from .store import LOG_NAME
 
@@ -26,7 +27,7 @@ def _scan(args: argparse.Namespace) -> int:
         layers=args.layers, group=args.group, protocol=args.protocol,
         metrics=tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None,
         target=args.target, answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
-        limit=args.limit, on_error=args.on_error, max_new_tokens=args.max_new_tokens,
+        limit=args.limit, on_error=args.on_error, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
     )
     cfg.validate()  # fail on bad options before loading a model
     if not Path(args.data).is_file():
@@ -122,6 +123,7 @@ def _prune_config(args: argparse.Namespace, schedule: str = "none"):
         summary=args.summary, horizon_metric=args.horizon_metric, horizon_model=args.horizon_model,
         horizon_task=args.horizon_task, seeds=args.seeds, seed=args.seed, max_new_tokens=args.max_new_tokens,
         metric=args.metric, info_run=getattr(args, "info_run", None), limit=args.limit, on_error=args.on_error,
+        decoding=args.decoding,
     )
     cfg.validate()
     return cfg
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--on-error", default="stop", choices=["stop", "skip"],
                    help="skip: record a bad sample's error in samples.parquet and go on")
     s.add_argument("--max-new-tokens", type=int, default=16, help="greedy answer length for clean_pred / --target pred")
+    s.add_argument("--decoding", default="checkpoint", choices=DECODING_RULES, help="how answers are generated: checkpoint (greedy under the checkpoint's "
+                   "generation config, e.g. its repetition_penalty; the default) or greedy (raw argmax)")
     s.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     s.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle (.bin) weights")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -288,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=int, default=None, help="seeds for random stages (default 3)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--max-new-tokens", type=int, default=16)
+        p.add_argument("--decoding", default="checkpoint", choices=DECODING_RULES, help="how answers are generated: checkpoint (greedy under the checkpoint's "
+                   "generation config, e.g. its repetition_penalty; the default) or greedy (raw argmax)")
         p.add_argument("--limit", type=int, default=None, help="first N samples only")
         p.add_argument("--on-error", default="stop", choices=["stop", "skip"])
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .ablation import Ablation, clean_pass, ensure_maskable_attention, plan_batches, auto_batch_size, run_ablations
 from .data import Sample, as_samples
+from .decoding import DECODING_RULES, Decoding
 from .errors import HorizonError, SampleError
 from .groups import Group, tile
 from .model import VisionLM, load
@@ -49,10 +50,12 @@ class ScanConfig:
     on_error: str = "stop"  # stop | skip
     reuse_prefix: bool = True
     max_new_tokens: int = 16
+    decoding: str = "checkpoint"  # checkpoint | greedy (horizon.decoding)
 
     def validate(self) -> None:
         self.metrics = check_metrics(self.protocol, self.metrics or DEFAULT_METRICS.get(self.protocol, ()))
-        choices = {"target": ("gt", "pred"), "answer_span": ("first", "full"), "on_error": ("stop", "skip")}
+        choices = {"target": ("gt", "pred"), "answer_span": ("first", "full"), "on_error": ("stop", "skip"),
+                   "decoding": DECODING_RULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise HorizonError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -127,16 +130,35 @@ def answer_ids_for(vlm: VisionLM, sample: Sample, prompt: str) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_answer(vlm: VisionLM, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> list[int]:
-    inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
-    out = vlm.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
-    eos = vlm.hf.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos]) - {None}
-    for i, t in enumerate(new):
-        if t in eos:
-            return new[:i] or [t]
-    return new
+def greedy_answer(vlm: VisionLM, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+                  decoding: str | Decoding = "checkpoint") -> list[int]:
+    """The model's answer tokens (eos excluded) under ``decoding``: the loop prune-eval uses, with nothing pruned."""
+    from .prune.generate import generate  # prune builds on scan; the import goes the other way only here
+    from .prune.schedule import Schedule
+
+    return generate(vlm, inputs, Schedule(()), max_new_tokens=max_new_tokens, decoding=decoding).tokens
+
+
+def first_text_token(tokenizer: Any, ids: Sequence[int]) -> int | None:
+    """Index in ``ids`` of the first token that carries answer text, or None.
+
+    A token carries text when the answer decoded up to and including it is
+    more than whitespace. Tokenizers put a word boundary before the answer in
+    their own way: Llama's SentencePiece splits `` 2`` into ``'▁'`` and
+    ``'2'`` (digits never merge with the boundary), so every number answer
+    starts with the same bare ``'▁'``, whose probability says nothing about
+    the answer. Decoding the prefix (rather than reading one token's string)
+    also handles byte-level pieces of one character split over tokens.
+    """
+    for k in range(len(ids)):
+        if tokenizer.decode(list(ids[: k + 1]), skip_special_tokens=True).strip():
+            return k
+    return None
+
+
+SCORED_TOKEN_RULE = ("the first answer token whose text is not only whitespace (leading word-boundary tokens such as "
+                     "Llama's bare '▁' before a digit are fed but not scored); --answer-span full scores it and every "
+                     "later answer token")
 
 
 def append_answer(inputs: dict[str, torch.Tensor], ids: list[int]) -> dict[str, torch.Tensor]:
@@ -213,13 +235,18 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     if sample.problem:
         raise SampleError(sample.id, sample.problem)
     prompt_inputs, prompt = encode_sample(vlm, sample)
-    generated = greedy_answer(vlm, prompt_inputs, cfg.max_new_tokens)
+    generated = greedy_answer(vlm, prompt_inputs, cfg.max_new_tokens, cfg.decoding)
     answer_ids = answer_ids_for(vlm, sample, prompt) if cfg.target == "gt" else generated
+    first = first_text_token(vlm.tokenizer, answer_ids)
+    if first is None:
+        which = f"answer {sample.answer!r}" if cfg.target == "gt" else f"model's answer {vlm.tokenizer.decode(generated)!r}"
+        raise SampleError(sample.id, f"the {which} has no token carrying text to score")
     if cfg.answer_span == "first":
-        answer_ids = answer_ids[:1]
+        answer_ids = answer_ids[: first + 1]  # the whitespace-only tokens before it are fed, not scored
     inputs = append_answer(prompt_inputs, answer_ids)
     start = prompt_inputs["input_ids"].shape[1]
-    scored = list(range(start - 1, start - 1 + len(answer_ids)))
+    # position i predicts the token at i + 1: answer token j is predicted at start - 1 + j
+    scored = list(range(start - 1 + first, start - 1 + len(answer_ids)))
 
     grids = vlm.adapter.grids(vlm.hf, inputs)
     if not grids:
@@ -227,7 +254,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     groups = tile(grids, cfg.group)
     visual = [p for g in groups for p in g.positions]
     clean = clean_pass(vlm, inputs, scored)
-    target = torch.tensor(answer_ids, device=vlm.device)
+    target = torch.tensor(answer_ids[first:], device=vlm.device)
     logp = clean.scored_logprobs()
     real = _ablations(groups, visual, layers, cfg.protocol)
     # null ablations ride in the same batches as the real ones, so they see the same arithmetic
@@ -285,7 +312,8 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     })
     row = {
         "sample_id": sample.id, "task": sample.task, "question": sample.question, "answer": sample.answer,
-        "input_ids": inputs["input_ids"][0].tolist(), "answer_ids": list(answer_ids), "image": str(sample.image),
+        "input_ids": inputs["input_ids"][0].tolist(), "answer_ids": list(answer_ids), "scored_offset": first,
+        "scored_text": vlm.tokenizer.decode(answer_ids[first:], skip_special_tokens=True), "image": str(sample.image),
         "n_visual": len(visual), "grid_h": grids[0].height, "grid_w": grids[0].width,
         "clean_logp": float(logp.gather(-1, target[:, None]).sum()),
         "clean_pred": vlm.tokenizer.decode(generated, skip_special_tokens=True).strip(),
@@ -315,6 +343,9 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
         "answer_span": cfg.answer_span,
         "seed": cfg.seed,
         "max_new_tokens": cfg.max_new_tokens,
+        "decoding": Decoding.for_model(vlm.hf, cfg.decoding).record(),
+        "scored_token": SCORED_TOKEN_RULE,
+        "logits": "final norm, lm_head and log-softmax in float32 or wider (scores in float64)",
         "data": data,
         "batch_size": cfg.batch_size,
         "reuse_prefix": cfg.reuse_prefix,

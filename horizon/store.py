@@ -19,7 +19,7 @@ from .errors import HorizonError
 
 LOG_NAME = "scan.log"  # the only file besides the schema's that a run may hold
 SAMPLE_COLUMNS = [
-    "sample_id", "task", "question", "answer", "input_ids", "answer_ids", "image",
+    "sample_id", "task", "question", "answer", "input_ids", "answer_ids", "scored_offset", "scored_text", "image",
     "n_visual", "grid_h", "grid_w", "clean_logp", "clean_pred", "status", "floor",
 ]
 FLOOR_METHOD = ("largest over the samples of: the |score| of null ablations (one per scanned layer: remove nothing, or "
@@ -31,7 +31,7 @@ SCORE_COLUMNS = ["sample_id", "layer", "group", "metric", "value"]
 # Keys of run.json that define the results; a resume must match them all.
 HASHED_KEYS = (
     "model", "adapter", "dtype", "protocol", "metrics", "group", "layers",
-    "target", "answer_span", "seed", "data", "max_new_tokens",
+    "target", "answer_span", "seed", "data", "max_new_tokens", "decoding", "scored_token", "logits",
 )
 
 

@@ -42,7 +42,8 @@ def test_run_directory_matches_schema(checkpoints, dataset, tmp_path):
 
     samples = pq.read_table(out / "samples.parquet").schema
     expected = {"sample_id": "string", "task": "string", "question": "string", "answer": "string",
-                "input_ids": "list<element: int64>", "answer_ids": "list<element: int64>", "image": "string",
+                "input_ids": "list<element: int64>", "answer_ids": "list<element: int64>", "scored_offset": "int64",
+                "scored_text": "string", "image": "string",
                 "n_visual": "int64", "grid_h": "int64", "grid_w": "int64", "clean_logp": "double",
                 "clean_pred": "string", "status": "string", "floor": "string"}
     assert {f.name: str(f.type).replace("large_", "").replace("item", "element") for f in samples} == expected

@@ -73,12 +73,13 @@ def test_scores_equal_physical_deletion(models, dataset, name, protocol, k):
     checked = 0
     for row in result.samples.itertuples():
         inputs, start = rebuild_inputs(vlm, row, samples[row.sample_id])
-        n_answer = len(row.answer_ids)
-        scored = list(range(start - 1, start - 1 + n_answer))
+        # the scored tokens: the answer from its first text-carrying token (checked in test_answer_token.py)
+        y = np.array(row.answer_ids[row.scored_offset:])
+        n_answer = len(y)
+        scored = list(range(start - 1 + row.scored_offset, start - 1 + len(row.answer_ids)))
         groups = tile(vlm.adapter.grids(vlm.hf, inputs), k)
         visual = [p for g in groups for p in g.positions]
         assert row.n_visual == len(visual) == row.grid_h * row.grid_w
-        y = np.array(row.answer_ids)
         with torch.no_grad():
             logp = torch.log_softmax(vlm.hf(**inputs).logits[0, scored].double(), -1).numpy()
         # first and last visual token's groups, one from the middle, and a ragged edge window

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..benchmarks import METRICS, EvalSet, Scoring, metric_choices, read_eval
 from ..data import Sample
+from ..decoding import DECODING_RULES, Decoding
 from ..errors import HorizonError, SampleError
 from ..model import VisionLM, load
 from ..records import NO_INFORMATION, Horizon
@@ -37,7 +38,7 @@ from .schedule import Schedule, parse_schedule
 log = logging.getLogger("horizon")
 
 HASHED = ("model", "data", "schedule", "switch_at", "schedules", "positions", "seeds", "seed", "max_new_tokens",
-          "metric", "info_run", "dtype")
+          "metric", "info_run", "dtype", "decoding")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class PruneConfig:
     info_metric: str | None = None
     limit: int | None = None
     on_error: str = "stop"
+    decoding: str = "checkpoint"  # checkpoint | greedy (horizon.decoding)
 
     def validate(self) -> None:
         if self.metric not in metric_choices():
@@ -71,6 +73,8 @@ class PruneConfig:
             raise HorizonError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
         if self.on_error not in ("stop", "skip"):
             raise HorizonError(f"--on-error must be stop or skip, got {self.on_error!r}")
+        if self.decoding not in DECODING_RULES:
+            raise HorizonError(f"--decoding must be one of {', '.join(DECODING_RULES)}, got {self.decoding!r}")
         if self.switch_at == "horizon" and not self.summary:
             raise HorizonError("--switch-at horizon needs --summary SUMMARY.json (from horizon analyze)")
         if self.switch_at is not None and self.switch_at != "horizon":
@@ -389,6 +393,7 @@ def prune_eval(
         "positions": cfg.positions, "seeds": seeds, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
         "metric": metric, "info_run": str(cfg.info_run) if cfg.info_run else None,
         "dtype": str(vlm.dtype).replace("torch.", ""), "device": str(vlm.device), "n_layers": vlm.n_layers,
+        "decoding": Decoding.for_model(vlm.hf, cfg.decoding).record(),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }
     store = EvalStore(out) if out is not None else None
@@ -429,7 +434,7 @@ def prune_eval(
     summary = {
         "model": vlm.source, "data": evalset.source, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
         "schedules": meta["schedules"], "positions": cfg.positions, "metric": metric,
-        "scoring": scoring(metric).official, "seeds": seeds,
+        "scoring": scoring(metric).official, "seeds": seeds, "decoding": meta["decoding"],
         **(overall[0] if overall else {"n_samples": 0}),
         "tasks": [r for r in tasks.to_dict("records") if r["task"] != "all"],
     }
@@ -457,7 +462,7 @@ def _evaluate(vlm: VisionLM, sample: Sample, seed: int, cfg: PruneConfig, schedu
     start = time.perf_counter()
     gen: Generation = generate(
         vlm, inputs, schedule, positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
-        seed=sample_seed(seed, sample.id), info=sample_info,
+        seed=sample_seed(seed, sample.id), info=sample_info, decoding=cfg.decoding,
     )
     if vlm.device.type == "cuda":
         torch.cuda.synchronize(vlm.device)

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..decoding import Decoding
 from ..errors import HorizonError
 from ..model import VisionLM
 from ..scan import append_answer
@@ -228,8 +229,12 @@ def generate(
     info: Mapping[int, torch.Tensor] | None = None,
     use_cache: bool = True,
     return_logits: bool = False,
+    decoding: str | Decoding = "checkpoint",
 ) -> Generation:
     """Greedy answer of ``vlm`` to ``inputs`` (one prompt) with ``schedule`` applied.
+
+    ``decoding`` is the rule of :mod:`horizon.decoding` (``checkpoint``: greedy
+    under the checkpoint's generation config; ``greedy``: raw argmax).
 
     ``info`` maps a layer to per-position information (S,) for ``info`` stages.
     ``use_cache=False`` recomputes the whole sequence at every step, repeating
@@ -263,6 +268,9 @@ def generate(
     eos = set(eos if isinstance(eos, list) else [eos]) - {None}
 
     logits = out.logits[0, -1].float()
+    rule = Decoding.for_model(vlm.hf, decoding)
+    processors = rule.processors()
+    seen_ids = inputs["input_ids"]  # every token so far: the repetition penalty counts the prompt too, as generate does
     tokens: list[int] = []
     steps: list[torch.Tensor] = []
     cache = vlm.adapter.output_cache(out) if use_cache else None
@@ -273,10 +281,11 @@ def generate(
         for step in range(max_new_tokens):
             if return_logits:
                 steps.append(logits.cpu())
-            token = int(logits.argmax())
+            token = rule.next_token(seen_ids, logits, processors)
             if token in eos:
                 break
             tokens.append(token)
+            seen_ids = torch.cat([seen_ids, torch.tensor([[token]], device=seen_ids.device)], dim=1)
             if step == max_new_tokens - 1:
                 break
             if use_cache:
