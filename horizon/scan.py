@@ -124,7 +124,9 @@ def answer_ids_for(vlm: VisionLM, sample: Sample, prompt: str) -> list[int]:
     prefix = tok(prompt, add_special_tokens=False).input_ids
     full = tok(prompt + sep + sample.answer, add_special_tokens=False).input_ids
     ids = full[len(prefix):] if full[: len(prefix)] == prefix else tok(sep + sample.answer, add_special_tokens=False).input_ids
-    if not sample.answer.strip() or not ids:
+    if not sample.answer.strip():
+        raise SampleError(sample.id, f"answer {sample.answer!r} is empty or only whitespace: no text to score")
+    if not ids:
         raise SampleError(sample.id, f"answer {sample.answer!r} tokenizes to nothing")
     return ids
 
@@ -231,7 +233,11 @@ def floor_of(*score_sets: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int], on_batch=None):
-    """Scan one sample; returns (sample row, groups frame, scores frame)."""
+    """Scan one sample; returns (sample row, groups frame, scores frame).
+
+    ``on_batch(fraction)`` is called after every batch with the fraction of
+    the sample's batches done so far (exactly 1.0 after the last).
+    """
     if sample.problem:
         raise SampleError(sample.id, sample.problem)
     prompt_inputs, prompt = encode_sample(vlm, sample)
@@ -265,12 +271,14 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     values = {m: np.zeros(len(ablations), dtype=np.float32) for m in cfg.metrics}
     n_real = len(real)
     none = {}
+    done = 0  # batches finished; on_batch gets the fraction of the sample done
     if cfg.protocol == "keep":
         baseline = [Ablation(l, tuple(visual)) for l in layers]
         for idx, logq in run_ablations(vlm, clean, baseline, batch_size, cfg.reuse_prefix):
             none.update({baseline[i].layer: logq[j] for j, i in enumerate(idx)})
+        done += 1
         if on_batch:
-            on_batch(1 / n_batches)
+            on_batch(done / n_batches)
     # the floor: null ablations through the engine, and how far rounding of the logits could move each score
     generator = torch.Generator(device=vlm.device).manual_seed(cfg.seed)
     width = ROUNDING_UNITS * torch.finfo(vlm.dtype).eps * float(clean.logits[0, scored].float().abs().max())
@@ -285,8 +293,9 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
             values[metric][idx] = v.float().cpu().numpy()
         for metric, v in rounding_shift(reference, logq, score, width, generator).items():
             shifts[metric][idx] = v.cpu().numpy()
+        done += 1
         if on_batch:
-            on_batch(1 / n_batches)
+            on_batch(done / n_batches)
     floor = floor_of({m: v[n_real:] for m, v in values.items()}, shifts)
 
     n_groups = len(groups)
@@ -358,6 +367,12 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
     }
 
 
+def _advance(bar: Any, n: float) -> None:
+    """Move the bar to ``n`` (set, not added: sums of 1/k overshoot 1 by rounding and tqdm then warns)."""
+    bar.n = n
+    bar.update(0)
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -409,7 +424,7 @@ def scan(
         for sample in todo:
             start = bar.n
             try:
-                row, groups, scores = scan_sample(vlm, sample, cfg, layers, on_batch=bar.update)
+                row, groups, scores = scan_sample(vlm, sample, cfg, layers, on_batch=lambda f, at=start: _advance(bar, at + f))
             except SampleError as exc:
                 if cfg.on_error == "stop":
                     raise

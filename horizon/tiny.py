@@ -63,6 +63,7 @@ class TinySpec:
     vision_layers: int = 2
     vision_hidden: int = 32
     patch: int = 0  # 0: 8 for LLaVA, 14 for Qwen-VL
+    tokenizer: str = "bpe"  # bpe: byte-level BPE (as Qwen's); spm: SentencePiece-style BPE (as Llama's), LLaVA only
 
 
 def train_tokenizer(corpus: list[str] | tuple[str, ...], special: list[str], vocab_size: int, bos: str | None):
@@ -78,6 +79,33 @@ def train_tokenizer(corpus: list[str] | tuple[str, ...], special: list[str], voc
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    tok.train_from_iterator(list(corpus), trainer)
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    return tok
+
+
+def train_spm_tokenizer(corpus: list[str] | tuple[str, ...], special: list[str], vocab_size: int, bos: str | None):
+    """A SentencePiece-style BPE tokenizer as Llama's is converted for transformers (deterministic).
+
+    Same normalizer and decoder as Llama's ``tokenizer.json`` (spaces become
+    ``'▁'``, one ``'▁'`` is prepended; decoding strips the first space). Llama's
+    vocabulary never joins the word boundary to a digit, so `` 2`` is
+    ``['▁', '2']``; splitting digits before training reproduces that.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\u2581", "merged_with_next"), pre_tokenizers.Digits(individual_digits=True)])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    alphabet = sorted({c for line in corpus for c in line.replace(" ", "\u2581")} | {"\u2581", "\n"})
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet,
+                                  show_progress=False)
     tok.train_from_iterator(list(corpus), trainer)
     if bos is not None:
         tok.post_processor = processors.TemplateProcessing(
@@ -114,8 +142,11 @@ def build_llava(spec: TinySpec, out: Path) -> Path:
     patch = spec.patch or 8
     side = spec.grid[0] * patch
     special = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    if spec.tokenizer not in ("bpe", "spm"):
+        raise ValueError(f"unknown tiny tokenizer {spec.tokenizer!r} (bpe or spm)")
+    train = train_spm_tokenizer if spec.tokenizer == "spm" else train_tokenizer
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(spec.corpus, special, spec.vocab, bos="<s>"),
+        tokenizer_object=train(spec.corpus, special, spec.vocab, bos="<s>"),
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",

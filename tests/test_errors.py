@@ -63,7 +63,7 @@ def test_missing_key_and_empty_answer(checkpoints, dataset, tmp_path, capsys):
     data = dataset("llava", 2)
     edit_line(data, 0, answer="")
     code, err = run_cli(capsys, *scan(checkpoints["llava"], data, tmp_path / "a"))
-    assert code == 2 and len(err) == 1 and "'q0'" in err[0] and "tokenizes to nothing" in err[0]
+    assert code == 2 and len(err) == 1 and "'q0'" in err[0] and "empty or only whitespace" in err[0]
     lines = data.read_text().splitlines()
     obj = json.loads(lines[1]); del obj["question"]; lines[1] = json.dumps(obj)
     data.write_text("\n".join(lines) + "\n")
@@ -98,7 +98,7 @@ def test_on_error_skip_records_and_goes_on(checkpoints, dataset, tmp_path, capsy
     assert main(scan(checkpoints["llava"], data, tmp_path / "run", "--on-error", "skip")) == 0
     samples = pd.read_parquet(tmp_path / "run" / "samples.parquet").set_index("sample_id")
     assert samples.loc["q0", "status"] == "ok" and samples.loc["q3", "status"] == "ok"
-    assert "not found" in samples.loc["q1", "status"] and "tokenizes to nothing" in samples.loc["q2", "status"]
+    assert "not found" in samples.loc["q1", "status"] and "only whitespace" in samples.loc["q2", "status"]
     assert "malformed JSON" in samples.loc["line-5", "status"]
 
 
