@@ -220,7 +220,7 @@ def reference_inputs(vlm, inputs, stage_layer):
     with torch.no_grad():
         out = vlm.hf(**inputs, use_cache=True, output_hidden_states=True)
         normed = vlm.language_model.norm(out.hidden_states[stage_layer][0])
-    return out.cache.layers[stage_layer - 1].keys, normed
+    return vlm.adapter.output_cache(out).layers[stage_layer - 1].keys, normed
 
 
 def image_span(vlm, inputs) -> tuple[int, int]:
