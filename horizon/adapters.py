@@ -7,9 +7,11 @@ each image's token grid. Everything else in horizon is architecture-agnostic.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,10 @@ class Adapter:
     model_types: tuple[str, ...] = ()
     # Text between the generation prompt and the answer when teacher forcing.
     answer_separator: str = ""
+    # Most images one prompt may hold (None: no limit); checked before weights load.
+    max_images: int | None = None
+    # Logged once per scan when a sample has several images ("" for none).
+    multi_image_warning: str = ""
 
     # -- model structure -------------------------------------------------
     def language_model_path(self) -> str:
@@ -147,7 +153,24 @@ class Adapter:
     def encode(self, processor: Any, images: list[Image.Image], prompt: str) -> dict[str, torch.Tensor]:
         return dict(processor(images=images, text=prompt, return_tensors="pt"))
 
+    def check_image_count(self, n_images: int, where: str) -> None:
+        """Refuse, in one line naming ``where``, a prompt with more images than the family takes."""
+        if self.max_images is not None and n_images > self.max_images:
+            raise HorizonError(
+                f"{where} has {n_images} images but {self.name} models take at most {self.max_images} per prompt"
+            )
+
     # -- geometry --------------------------------------------------------
+    def view(self, processor: Any, size: tuple[int, int], grid: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Rectangle (x0, y0, x1, y1), in the original image's pixels, that a token grid of shape ``grid`` spans.
+
+        ``size`` is the original (W, H). Cells are uniform inside it (resizing
+        is linear); it extends past the image where the processor pads and is
+        a sub-rectangle where it crops. Default: the whole image.
+        """
+        w, h = size
+        return (0.0, 0.0, float(w), float(h))
+
     def grid_shapes(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
         raise NotImplementedError
 
@@ -177,6 +200,63 @@ class LlavaAdapter(Adapter):
     name = "llava"
     model_types = ("llava",)
     answer_separator = " "
+    multi_image_warning = (
+        "llava: LLaVA-1.5 was trained on one image per prompt; samples with several images are outside its training"
+    )
+
+    def view(self, processor, size, grid):
+        """Replays the CLIP / LLaVA image processor's geometry: optional pad to square, resize, center crop.
+
+        Integer rounding follows transformers: the shortest-edge resize keeps
+        ``int(size * long / short)`` for the long side; the center crop starts at
+        ``(resized - crop) // 2`` (the numpy backend, which pads symmetrically
+        when the crop is larger) or, for the torchvision backend, pads by
+        ``(crop - resized) // 2`` first.
+        """
+        ip = getattr(processor, "image_processor", processor)
+        w, h = size
+
+        def setting(name):
+            value = getattr(ip, name, None)
+            if dataclasses.is_dataclass(value):  # transformers' SizeDict
+                value = dataclasses.asdict(value)
+            return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+        # canvas: the image after padding, as (left, top, width, height) in original pixels
+        left, top, cw, ch = 0, 0, w, h
+        if setting("do_pad"):
+            if not hasattr(ip, "pad_to_square"):
+                raise HorizonError(f"llava: cannot map the grid of {type(ip).__name__} with do_pad=True onto the image")
+            side = max(w, h)  # pad_to_square pastes the image at (side - w) // 2, (side - h) // 2
+            left, top, cw, ch = -((side - w) // 2), -((side - h) // 2), side, side
+        new_h, new_w = ch, cw
+        if setting("do_resize"):
+            rs = setting("size") or {}
+            if set(rs) == {"shortest_edge"}:
+                s = int(rs["shortest_edge"])
+                short, long = (cw, ch) if cw <= ch else (ch, cw)
+                new_long = int(s * long / short)
+                new_h, new_w = (new_long, s) if cw <= ch else (s, new_long)
+            elif set(rs) == {"height", "width"}:
+                new_h, new_w = int(rs["height"]), int(rs["width"])
+            else:
+                raise HorizonError(f"llava: cannot map the grid of an image processor resizing to size={rs} onto the image")
+        y0, x0, out_h, out_w = 0, 0, new_h, new_w
+        if setting("do_center_crop"):
+            crop = setting("crop_size") or {}
+            if set(crop) != {"height", "width"}:
+                raise HorizonError(f"llava: cannot map the grid of an image processor cropping to crop_size={crop}")
+            out_h, out_w = int(crop["height"]), int(crop["width"])
+            numpy_backend = "TorchvisionBackend" not in {c.__name__ for c in type(ip).__mro__}
+
+            def offset(full: int, want: int) -> int:
+                if want <= full or numpy_backend:
+                    return (full - want) // 2
+                return -((want - full) // 2)
+
+            y0, x0 = offset(new_h, out_h), offset(new_w, out_w)
+        sx, sy = cw / new_w, ch / new_h
+        return (left + x0 * sx, top + y0 * sy, left + (x0 + out_w) * sx, top + (y0 + out_h) * sy)
 
     def visual_features_path(self) -> str:
         return "model.multi_modal_projector"
@@ -202,6 +282,11 @@ class QwenVLAdapter(Adapter):
     def visual_features_path(self) -> str:
         return "model.visual.merger"
 
+    def view(self, processor, size, grid):
+        # smart_resize scales the whole image to multiples of patch x merge: no crop, no pad
+        w, h = size
+        return (0.0, 0.0, float(w), float(h))
+
     def grid_shapes(self, model, inputs, n_tokens):
         merge = model.config.vision_config.spatial_merge_size
         shapes = []
@@ -216,9 +301,12 @@ class QwenVLAdapter(Adapter):
             return super().load_processor(source, trust_remote_code)
         except (AttributeError, ImportError, ValueError) as exc:
             # transformers cannot build a Qwen-VL processor without torchvision
-            # (its video processor needs it). Images alone do not.
-            reason = " ".join(str(exc).split())[:160]
-            log.warning("AutoProcessor failed (%s); using horizon's image-only Qwen-VL processor", reason)
+            # (its video processor needs it). Images alone do not. Only the
+            # exception's first sentence is quoted: the rest is install URLs.
+            first = re.split(r"(?<=\.)\s", " ".join(str(exc).split()), maxsplit=1)[0]
+            reason = first if first and "://" not in first else type(exc).__name__
+            log.warning("qwen-vl: transformers could not build the Qwen-VL processor (%s); using horizon's image-only "
+                        "processor instead (install torchvision to use the transformers one)", reason)
             return QwenVLImageProcessor.from_pretrained(source, trust_remote_code)
 
 

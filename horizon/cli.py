@@ -20,7 +20,8 @@ log = logging.getLogger("horizon")
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from .model import load
+    from .data import as_samples
+    from .model import load, refuse_extra_images
     from .scan import ScanConfig, scan
 
     cfg = ScanConfig(
@@ -34,6 +35,9 @@ def _scan(args: argparse.Namespace) -> int:
         raise HorizonError(f"dataset file not found: {args.data}")
     out = Path(args.out)
     _log_to(out if (out / "run.json").exists() or not out.exists() or not any(out.iterdir()) else None)
+    # a model family that cannot take the data's image count says so before its weights load
+    refuse_extra_images(args.model, as_samples(args.data, strict=cfg.on_error == "stop"), args.data,
+                        args.trust_remote_code)
     vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
                allow_unsafe_weights=args.allow_unsafe_weights)
     result = scan(vlm, args.data, out=out, resume=args.resume, config=cfg, progress=not args.quiet)
@@ -130,10 +134,11 @@ def _prune_config(args: argparse.Namespace, schedule: str = "none"):
 
 
 def _load_for_eval(args: argparse.Namespace):
-    from .model import load
+    from .model import load, refuse_extra_images
     from .benchmarks import read_eval
 
     evalset = read_eval(args.data, answers=args.answers, image_folder=args.image_folder, format=args.format)
+    refuse_extra_images(args.model, evalset.samples, args.data, args.trust_remote_code)
     vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
                allow_unsafe_weights=args.allow_unsafe_weights)
     return vlm, evalset

@@ -1,7 +1,8 @@
 """Dataset files: DESIGN §4 JSONL, one sample per line.
 
-``{"id": str, "image": path relative to the file, "question": str,
-"answer": str or [str, ...], "task": str}``; extra keys are kept and ignored.
+``{"id": str, "image": path relative to the file (or a list of them, one per
+image of the prompt), "question": str, "answer": str or [str, ...], "task": str}``;
+extra keys are kept and ignored.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ REQUIRED_KEYS = ("id", "image", "question", "answer")
 
 @dataclass
 class Sample:
-    """One (image, question, answer) triple. `answers` holds every accepted answer."""
+    """One (image(s), question, answer) triple. `answers` holds every accepted answer.
+
+    ``images`` holds every image of the prompt, in order; ``image`` is the first
+    (what single-image code and the benchmark readers, which pass one path, use).
+    """
 
     id: str
     image: Path
@@ -31,19 +36,40 @@ class Sample:
     # Set when the line could be read but the sample itself is unusable; the
     # scan either stops on it or, with on_error="skip", records it.
     problem: str | None = None
+    images: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.images and self.image is not None:
+            self.images = [self.image]
 
     @property
     def answer(self) -> str:
         return self.answers[0]
 
     def load_image(self) -> Image.Image:
-        if not self.image.exists():
-            raise SampleError(self.id, f"image file not found: {self.image}")
+        """The first image (single-image callers)."""
+        return self.load_images()[0]
+
+    def load_images(self) -> list[Image.Image]:
+        """Every image of the sample, in prompt order, as RGB."""
+        return [self._load(path) for path in self.images]
+
+    def image_size(self, path: Path) -> tuple[int, int]:
+        """(W, H) of one of the sample's images, read from its header."""
         try:
-            with Image.open(self.image) as img:
+            with Image.open(path) as img:
+                return img.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise SampleError(self.id, f"cannot read image {path}: {exc}") from None
+
+    def _load(self, path: Path) -> Image.Image:
+        if not path.exists():
+            raise SampleError(self.id, f"image file not found: {path}")
+        try:
+            with Image.open(path) as img:
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise SampleError(self.id, f"cannot read image {self.image}: {exc}") from None
+            raise SampleError(self.id, f"cannot read image {path}: {exc}") from None
 
 
 def sample_from_dict(obj: Mapping[str, Any], base: Path, where: str) -> Sample:
@@ -63,12 +89,19 @@ def sample_from_dict(obj: Mapping[str, Any], base: Path, where: str) -> Sample:
         raise HorizonError(f"{where}: 'answer' must be a string or a non-empty list of strings")
     if not isinstance(obj["question"], str):
         raise HorizonError(f"{where}: 'question' must be a string")
-    if not isinstance(obj["image"], str) or not obj["image"]:
-        raise HorizonError(f"{where}: 'image' must be a path string")
-    image = Path(obj["image"])
-    image = image if image.is_absolute() else base / image
+    entries = obj["image"]
+    if isinstance(entries, list):
+        if not entries:
+            raise HorizonError(f"{where}: 'image' is an empty list (give one path or a list of paths)")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, str) or not entry:
+                raise HorizonError(f"{where}: 'image' entry {i} must be a path string, got {entry!r}")
+    elif not isinstance(entries, str) or not entries:
+        raise HorizonError(f"{where}: 'image' must be a path string or a list of path strings")
+    images = [Path(e) for e in ([entries] if isinstance(entries, str) else entries)]
+    images = [p if p.is_absolute() else base / p for p in images]
     extra = {k: v for k, v in obj.items() if k not in (*REQUIRED_KEYS, "task")}
-    return Sample(sid, image, obj["question"], answers, str(obj.get("task", "default")), extra)
+    return Sample(sid, images[0], obj["question"], answers, str(obj.get("task", "default")), extra, images=images)
 
 
 def read_jsonl(path: str | Path, *, strict: bool = True) -> list[Sample]:

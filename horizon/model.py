@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from nnsight import NNsight
@@ -83,6 +83,34 @@ class VisionLM:
         return getattr(self.processor, "tokenizer", self.processor)
 
 
+def read_config(source: str | Path, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's transformers config (no weights), or a one-line HorizonError."""
+    from transformers import AutoConfig
+
+    source = str(source)
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HorizonError(f"cannot load model config from {source!r}: {first}") from None
+    except ValueError as exc:
+        raise HorizonError(f"{source}: {str(exc).splitlines()[0]}") from None
+
+
+def refuse_extra_images(model: str | Path, samples: Sequence[Any], where: str,
+                        trust_remote_code: bool = False) -> None:
+    """Before any weights load: refuse data whose largest image count the model's family cannot take.
+
+    Reads only the config (and only when some sample has several images), picks
+    the adapter and lets it judge the sample with the most images.
+    """
+    most = max(samples, key=lambda s: len(s.images), default=None)
+    if most is None or len(most.images) <= 1:
+        return
+    adapter = adapter_for(read_config(model, trust_remote_code))
+    adapter.check_image_count(len(most.images), f"{where}: sample {most.id!r}")
+
+
 def load(
     model: str | Path,
     *,
@@ -98,21 +126,14 @@ def load(
     (pickle-based ``.bin`` files can run code). ``trust_remote_code`` is off
     unless asked for. ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
     source = str(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if Path(source).exists() and not (Path(source) / "config.json").is_file():
         raise HorizonError(f"{source}: not a model directory (no config.json)")
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HorizonError(f"cannot load model config from {source!r}: {first}") from None
-    except ValueError as exc:
-        raise HorizonError(f"{source}: {str(exc).splitlines()[0]}") from None
-    adapter = adapter_for(config)
+    adapter = adapter_for(read_config(source, trust_remote_code))
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

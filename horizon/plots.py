@@ -21,6 +21,7 @@ info curve, uniformity (6.4 + 3.6 * (n_models - 1)) x 4.0            960 x 600 f
 horizons               10.0 x 4.0 (two panels)                      1500 x 600
 capacity               6.4 x 4.0                                    960 x 600
 token heatmaps         (3.0 * min(n, 4) + 1.0) x (3.0 * rows + 0.7)  1950 x 555 for 4
+                       (rows: ceil(n / 4) per image of the sample)
 layer x group heatmap  6.4 x 4.0                                    960 x 600
 prune trade-off        11.0 x (4.2 + 3.6 * (rows - 1)), 8.0 wide    1650 x 630 for 1
                        without hybrids (rows: (model, task) pairs)
@@ -34,6 +35,7 @@ closed after saving. No function calls ``plt.show``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import textwrap
@@ -528,15 +530,36 @@ def _load_image(path: Any, image_root: Path | None):
     return None
 
 
+def _image_specs(srow: pd.Series) -> list[dict[str, Any]]:
+    """Per image of a sample row: path, token grid (h, w) and view rectangle (None when the run has no record).
+
+    Runs written before several images and views were recorded have no ``images``
+    column: their one image is the ``image`` column, its grid ``grid_h`` x ``grid_w``.
+    """
+    text = srow.get("images") if "images" in srow.index else None
+    if isinstance(text, str) and text:
+        return [{"path": im.get("path"), "grid": tuple(int(x) for x in im["grid"]),
+                 "view": tuple(float(x) for x in im["view"]) if im.get("view") is not None else None}
+                for im in json.loads(text)]
+    return [{"path": srow.get("image"), "grid": (int(srow["grid_h"]), int(srow["grid_w"])), "view": None}]
+
+
 def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.DataFrame, sample_id: Any,
                         layers: Sequence[int], metric: str, group_size: int, out_dir: Path,
                         model: str | None = None, image_root: Path | None = None) -> list[Path]:
-    """One sample's window scores over its image, one panel per layer (shared colour scale).
+    """One sample's window scores over its image(s): a row of panels per image, a panel per layer
+    (shared colour scale).
 
-    Each window's score fills its k x k cells of the grid_h x grid_w token grid,
-    drawn with alpha 0.6 over the image stretched to the same extent. When the
-    image is missing the heatmap is drawn alone and the title says so.
-    A relative image path is tried as is and under `image_root`.
+    Each window's score fills its k x k cells of the image's token grid, drawn
+    with alpha 0.6 over the image. The grid covers the image's view -- the
+    rectangle the processor showed the model (a center crop for LLaVA-1.5's
+    processor), recorded per image in the samples table -- and the axes show the
+    whole image. Runs without that record stretch the grid over the whole image
+    and the title says the view is unknown. When the image is missing the
+    heatmap is drawn alone and the title says so. A relative image path is
+    tried as is and under `image_root`. Several images per sample give one
+    block of rows per image (one row for up to 4 layers); groups carry their
+    image in the groups table's ``image`` column (missing: image 0).
     Writes ``token_heatmap_{metric}_{model}_{sample}`` (``_{model}`` only if given).
     """
     sc = _sample_scores(scores, sample_id, metric)
@@ -544,7 +567,8 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
     if srow.empty:
         raise ValueError(f"sample {sample_id!r} is not in the samples table")
     srow = srow.iloc[0]
-    grid_h, grid_w, k = int(srow["grid_h"]), int(srow["grid_w"]), int(group_size)
+    specs = _image_specs(srow)
+    k = int(group_size)
     layers = [int(x) for x in layers]
     if not layers:
         raise ValueError("no layers to plot")
@@ -556,55 +580,70 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
     geo = groups[groups["sample_id"] == sample_id]
     if geo.empty:
         raise ValueError(f"sample {sample_id!r} has no rows in the groups table")
+    on_image = geo["image"].fillna(0).astype(int) if "image" in geo.columns else pd.Series(0, index=geo.index)
     grids = {}
-    for layer in layers:
-        vals = sc[sc["layer"] == layer].groupby("group")["value"].mean()
-        grids[layer] = _window_grid(vals, geo, grid_h, grid_w, k)
+    for i, spec in enumerate(specs):
+        mine = geo[on_image == i]
+        for layer in layers:
+            vals = sc[sc["layer"] == layer].groupby("group")["value"].mean()
+            grids[i, layer] = _window_grid(vals, mine, *spec["grid"], k)
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if vmax <= vmin:
         vmin, vmax = vmin - 0.5, vmax + 0.5
-    image = _load_image(srow.get("image"), image_root)
+    pictures = [_load_image(spec["path"], image_root) for spec in specs]
 
-    n = len(layers)
-    ncols, nrows = min(n, 4), math.ceil(n / 4)
+    n, n_images = len(layers), len(specs)
+    ncols, block = min(n, 4), math.ceil(n / 4)
+    nrows = block * n_images
     with _style(), sns.axes_style("white"):
         fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 1.0, 3.0 * nrows + 0.7), dpi=DPI,
-                                 layout="constrained", squeeze=False, sharex=True, sharey=True)
+                                 layout="constrained", squeeze=False)
         try:
-            if image is not None:
-                h_px, w_px = image.shape[:2]
-                extent = (0, w_px, h_px, 0)
-                xlabel, ylabel = "image x (px)", "image y (px)"
-            else:
-                extent = (0, grid_w, grid_h, 0)
-                xlabel, ylabel = "token column", "token row"
-            mappable = None
-            for ax, layer in zip(axes.flat, layers):
+            mappable, used = None, []
+            for i, (spec, image) in enumerate(zip(specs, pictures)):
+                grid_h, grid_w = spec["grid"]
                 if image is not None:
-                    ax.imshow(image, extent=extent, interpolation="bilinear")
-                mappable = ax.imshow(grids[layer], extent=extent, cmap=CMAP, vmin=vmin, vmax=vmax,
-                                     alpha=0.6 if image is not None else 1.0, interpolation="nearest")
-                ax.set_aspect("equal")  # tokens are square patches
-                ax.set_title(f"layer {layer}")
-                ax.tick_params(labelsize="x-small")
-            for ax in list(axes.flat)[n:]:
-                fig.delaxes(ax)
-            used = list(axes.flat)[:n]
-            for i, ax in enumerate(used):  # axis labels on the outer panels only
-                if i % ncols == 0:
-                    ax.set_ylabel(ylabel)
-                if i + ncols >= n:
-                    ax.set_xlabel(xlabel)
-                    ax.xaxis.set_tick_params(labelbottom=True)
+                    h_px, w_px = image.shape[:2]
+                    frame = (0, w_px, h_px, 0)
+                    view = spec["view"]
+                    # the grid spans the view (it may reach past a padded image); axes stay on the image
+                    extent = (view[0], view[2], view[3], view[1]) if view is not None else frame
+                    xlabel, ylabel = "image x (px)", "image y (px)"
                 else:
-                    ax.xaxis.set_tick_params(labelbottom=False)
-                if i % ncols:
-                    ax.yaxis.set_tick_params(labelleft=False)
+                    frame = extent = (0, grid_w, grid_h, 0)
+                    xlabel, ylabel = "token column", "token row"
+                block_axes = list(axes[i * block:(i + 1) * block].flat)
+                for j, (ax, layer) in enumerate(zip(block_axes, layers)):
+                    if image is not None:
+                        ax.imshow(image, extent=frame, interpolation="bilinear")
+                    mappable = ax.imshow(grids[i, layer], extent=extent, cmap=CMAP, vmin=vmin, vmax=vmax,
+                                         alpha=0.6 if image is not None else 1.0, interpolation="nearest")
+                    ax.set_xlim(frame[0], frame[1])
+                    ax.set_ylim(frame[2], frame[3])
+                    ax.set_aspect("equal")  # tokens are square patches
+                    ax.set_title(f"image {i + 1}, layer {layer}" if n_images > 1 else f"layer {layer}")
+                    ax.tick_params(labelsize="x-small")
+                    # axis labels on the outer panels of the image's block only
+                    if j % ncols == 0:
+                        ax.set_ylabel(ylabel)
+                    else:
+                        ax.yaxis.set_tick_params(labelleft=False)
+                    if j + ncols >= n:
+                        ax.set_xlabel(xlabel)
+                    else:
+                        ax.xaxis.set_tick_params(labelbottom=False)
+                    used.append(ax)
+                for ax in block_axes[n:]:
+                    fig.delaxes(ax)
             fig.colorbar(mappable, ax=used, label=SHORT_LABELS.get(metric, metric), shrink=0.85)
             task = f", {srow['task']}" if "task" in srow.index and pd.notna(srow["task"]) else ""
             who = f"{model} — " if model else ""
-            note = "" if image is not None else "\n(image not found: heatmap only)"
+            which = (lambda i: f"image {i + 1} " if n_images > 1 else "")
+            notes = [f"({which(i)}image not found: heatmap only)" for i, im in enumerate(pictures) if im is None]
+            notes += [f"({which(i)}view unknown: grid stretched over the whole image)"
+                      for i, (spec, im) in enumerate(zip(specs, pictures)) if im is not None and spec["view"] is None]
+            note = "".join("\n" + x for x in notes)
             _suptitle(fig, f"{who}{metric} per {k}×{k} window, sample {sample_id}{task}{note}")
             name = "_".join(["token_heatmap", _slug(metric)] + ([_slug(model)] if model else []) + [_slug(sample_id)])
             return save(fig, out_dir, name)

@@ -26,8 +26,8 @@ from .ablation import Ablation, clean_pass, ensure_maskable_attention, plan_batc
 from .data import Sample, as_samples
 from .decoding import DECODING_RULES, Decoding
 from .errors import HorizonError, SampleError
-from .groups import Group, tile
-from .model import VisionLM, load
+from .groups import Group, ImageGrid, tile
+from .model import VisionLM, load, refuse_extra_images
 from .scores import DEFAULT_METRICS, RAW_METRICS, check_metrics, keep_scores, remove_scores
 from .store import GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore
 
@@ -113,9 +113,23 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
 
 
 def encode_sample(vlm: VisionLM, sample: Sample) -> tuple[dict[str, torch.Tensor], str]:
-    image = sample.load_image()
-    prompt = vlm.adapter.prompt(vlm.processor, sample.question, 1)
-    return vlm.adapter.encode(vlm.processor, [image], prompt), prompt
+    """Model inputs and prompt text of a sample: one image placeholder per image, every image loaded."""
+    images = sample.load_images()
+    prompt = vlm.adapter.prompt(vlm.processor, sample.question, len(images))
+    return vlm.adapter.encode(vlm.processor, images, prompt), prompt
+
+
+def image_records(vlm: VisionLM, sample: Sample, grids: list[ImageGrid]) -> list[dict[str, Any]]:
+    """Per image: path, original size [W, H], token grid [h, w] and the view rectangle the grid spans."""
+    if len(grids) != len(sample.images):
+        raise SampleError(sample.id, f"{len(sample.images)} images but the prompt holds {len(grids)} image grids")
+    records = []
+    for path, grid in zip(sample.images, grids):
+        size = sample.image_size(path)
+        view = vlm.adapter.view(vlm.processor, size, (grid.height, grid.width))
+        records.append({"path": str(path), "size": list(size), "grid": [grid.height, grid.width],
+                        "view": [float(v) for v in view]})
+    return records
 
 
 def answer_ids_for(vlm: VisionLM, sample: Sample, prompt: str) -> list[int]:
@@ -257,6 +271,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     grids = vlm.adapter.grids(vlm.hf, inputs)
     if not grids:
         raise SampleError(sample.id, "the prompt holds no image tokens")
+    images = image_records(vlm, sample, grids)
     groups = tile(grids, cfg.group)
     visual = [p for g in groups for p in g.positions]
     clean = clean_pass(vlm, inputs, scored)
@@ -318,6 +333,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
         "row": [g.row for g in groups],
         "col": [g.col for g in groups],
         "positions": [list(g.positions) for g in groups],
+        "image": np.asarray([g.image for g in groups], dtype=np.int64),
     })
     row = {
         "sample_id": sample.id, "task": sample.task, "question": sample.question, "answer": sample.answer,
@@ -328,6 +344,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
         "clean_pred": vlm.tokenizer.decode(generated, skip_special_tokens=True).strip(),
         "status": "ok",
         "floor": json.dumps(floor),
+        "images": json.dumps(images),
     }
     return row, group_frame, scores
 
@@ -399,13 +416,21 @@ def scan(
     """
     cfg = config or ScanConfig(**{k: tuple(v) if k == "metrics" and v else v for k, v in options.items()})
     cfg.validate()
-    vlm = model if isinstance(model, VisionLM) else load(model)
-    ensure_maskable_attention(vlm)
-    layers = parse_layers(cfg.layers, vlm.n_layers)
     data_name = str(Path(samples).resolve()) if isinstance(samples, (str, Path)) else None
     records = as_samples(samples, strict=cfg.on_error == "stop")
     if cfg.limit:
         records = records[: cfg.limit]
+    where = str(samples) if data_name else "samples"
+    if not isinstance(model, VisionLM):
+        refuse_extra_images(model, records, where)  # before the weights load
+    vlm = model if isinstance(model, VisionLM) else load(model)
+    most = max(records, key=lambda s: len(s.images))
+    if len(most.images) > 1:
+        vlm.adapter.check_image_count(len(most.images), f"{where}: sample {most.id!r}")
+        if vlm.adapter.multi_image_warning:
+            log.warning(vlm.adapter.multi_image_warning)
+    ensure_maskable_attention(vlm)
+    layers = parse_layers(cfg.layers, vlm.n_layers)
     meta = run_config(vlm, cfg, layers, data_name)
 
     store = RunStore(out) if out is not None else None

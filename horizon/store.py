@@ -20,12 +20,12 @@ from .errors import HorizonError
 LOG_NAME = "scan.log"  # the only file besides the schema's that a run may hold
 SAMPLE_COLUMNS = [
     "sample_id", "task", "question", "answer", "input_ids", "answer_ids", "scored_offset", "scored_text", "image",
-    "n_visual", "grid_h", "grid_w", "clean_logp", "clean_pred", "status", "floor",
+    "n_visual", "grid_h", "grid_w", "clean_logp", "clean_pred", "status", "floor", "images",
 ]
 FLOOR_METHOD = ("largest over the samples of: the |score| of null ablations (one per scanned layer: remove nothing, or "
                 "keep nothing against the keep baseline) run in the same batches as the real ablations, and how far "
                 "each real ablation's score moves when both distributions' logits move by +-4 eps max|logit|")
-GROUP_COLUMNS = ["sample_id", "group", "row", "col", "positions"]
+GROUP_COLUMNS = ["sample_id", "group", "row", "col", "positions", "image"]
 SCORE_COLUMNS = ["sample_id", "layer", "group", "metric", "value"]
 
 # Keys of run.json that define the results; a resume must match them all.
@@ -109,7 +109,7 @@ class RunStore:
         if (self.path / "samples.parquet").exists():
             self.samples = pd.read_parquet(self.path / "samples.parquet")
         if (self.path / "groups.parquet").exists():
-            self.groups = pd.read_parquet(self.path / "groups.parquet")
+            self.groups = with_image_column(pd.read_parquet(self.path / "groups.parquet"))
             self.groups = self.groups[self.groups.sample_id.isin(self.samples.sample_id)]
         # Parts beyond the committed samples belong to a sample cut off mid-write.
         for part in self.scores_dir.glob("part-*.parquet"):
@@ -155,6 +155,13 @@ def merge_floor(floor: dict[str, float], sample_floor: str | None) -> None:
         floor[metric] = max(floor.get(metric, 0.0), float(value))
 
 
+def with_image_column(groups: pd.DataFrame) -> pd.DataFrame:
+    """Groups of runs written before several images per sample were supported: all on image 0."""
+    if "image" not in groups.columns:
+        groups = groups.assign(image=0)
+    return groups
+
+
 def read_scores(run: str | Path) -> pd.DataFrame:
     """Scores of a run, from scores.parquet or a scores/ folder of parts."""
     run = Path(run)
@@ -175,6 +182,6 @@ def read_run(run: str | Path) -> dict[str, Any]:
     return {
         "config": json.loads((run / "run.json").read_text()),
         "samples": pd.read_parquet(run / "samples.parquet") if (run / "samples.parquet").exists() else None,
-        "groups": pd.read_parquet(run / "groups.parquet") if (run / "groups.parquet").exists() else None,
+        "groups": with_image_column(pd.read_parquet(run / "groups.parquet")) if (run / "groups.parquet").exists() else None,
         "scores": read_scores(run),
     }

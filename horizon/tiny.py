@@ -64,6 +64,7 @@ class TinySpec:
     vision_hidden: int = 32
     patch: int = 0  # 0: 8 for LLaVA, 14 for Qwen-VL
     tokenizer: str = "bpe"  # bpe: byte-level BPE (as Qwen's); spm: SentencePiece-style BPE (as Llama's), LLaVA only
+    resize: int = 0  # LLaVA: the processor's shortest edge (0: the crop side; larger crops square images too)
 
 
 def train_tokenizer(corpus: list[str] | tuple[str, ...], special: list[str], vocab_size: int, bos: str | None):
@@ -154,7 +155,7 @@ def build_llava(spec: TinySpec, out: Path) -> Path:
         extra_special_tokens={"image_token": "<image>"},
     )
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+        size={"shortest_edge": spec.resize or side}, crop_size={"height": side, "width": side}
     )
     processor = LlavaProcessor(
         image_processor=image_processor,

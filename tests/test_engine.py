@@ -133,7 +133,8 @@ def test_scan_returns_schema_frames_in_memory(models, dataset):
     assert set(result.scores.layer) == {0, 2}
     assert list(result.scores.columns) == ["sample_id", "layer", "group", "metric", "value"]
     assert len(result.scores) == 2 * 2 * 9
-    assert list(result.groups.columns) == ["sample_id", "group", "row", "col", "positions"]
+    assert list(result.groups.columns) == ["sample_id", "group", "row", "col", "positions", "image"]
+    assert (result.groups.image == 0).all()  # one image per sample
     assert (result.samples.status == "ok").all()
 
 

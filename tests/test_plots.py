@@ -381,3 +381,54 @@ def test_heatmaps_pick_first_ok_sample_and_scanned_layers(tmp_path):
 def test_spread_layers():
     assert plots.spread_layers(range(32)) == [0, 10, 21, 31]
     assert plots.spread_layers([8, 0, 4]) == [0, 4, 8]
+
+
+def view_run(root: Path) -> dict:
+    """A sample with two images and recorded views: a 96 x 64 photo whose 4 x 4 grid spans x 16..80
+    (a center crop) and a 64 x 64 photo with a 2 x 2 grid over all of it; 2x2 windows, 2 layers."""
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = [root / "wide.png", root / "square.png"]
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(paths[0])
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(paths[1])
+    images = [{"path": str(paths[0]), "size": [96, 64], "grid": [4, 4], "view": [16.0, 0.0, 80.0, 64.0]},
+              {"path": str(paths[1]), "size": [64, 64], "grid": [2, 2], "view": [0.0, 0.0, 64.0, 64.0]}]
+    samples = pd.DataFrame({"sample_id": ["m"], "task": ["t"], "image": [str(paths[0])], "grid_h": [4],
+                            "grid_w": [4], "status": ["ok"], "images": [json.dumps(images)]})
+    windows = [(0, 0, 0), (0, 0, 2), (0, 2, 0), (0, 2, 2), (1, 0, 0)]  # (image, row, col)
+    groups = pd.DataFrame([{"sample_id": "m", "group": g, "row": r, "col": c, "positions": [g], "image": i}
+                           for g, (i, r, c) in enumerate(windows)])
+    scores = pd.DataFrame([{"sample_id": "m", "layer": layer, "group": g, "metric": "kl", "value": float(g + 1 + layer)}
+                           for layer in range(2) for g in range(len(windows))])
+    return {"samples": samples, "groups": groups, "scores": scores}
+
+
+def test_token_heatmaps_one_row_per_image_over_each_view(tmp_path):
+    run = view_run(tmp_path)
+    with pytest.MonkeyPatch.context() as mp:
+        spy = Spy(mp)
+        paths = plots.plot_token_heatmaps(run["scores"], run["groups"], run["samples"], "m", [0, 1], "kl", 2, tmp_path)
+    check_figure(paths, (3.0 * 2 + 1.0, 3.0 * 2 + 0.7))  # two layers, two images: a 2 x 2 block of panels
+    fig = spy.figs["token_heatmap_kl_m"]
+    assert "unknown" not in fig.get_suptitle() and "not found" not in fig.get_suptitle()
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["image 1, layer 0", "image 1, layer 1",
+                                                 "image 2, layer 0", "image 2, layer 1"]
+    wide, square = panels[0], panels[2]
+    photo, heat = wide.get_images()
+    assert photo.get_extent() == pytest.approx([0, 96, 64, 0])
+    assert heat.get_extent() == pytest.approx([16, 80, 64, 0])  # the grid over the crop the model saw
+    assert wide.get_xlim() == pytest.approx((0, 96)) and wide.get_ylim() == pytest.approx((64, 0))
+    grid = np.asarray(heat.get_array())
+    assert grid.shape == (4, 4) and grid[:2, :2] == pytest.approx(np.ones((2, 2))) and grid[2:, 2:] == pytest.approx(
+        np.full((2, 2), 4.0))
+    heat2 = np.asarray(square.get_images()[1].get_array())  # image 2 gets only its own window (group 4)
+    assert heat2.shape == (2, 2) and heat2 == pytest.approx(np.full((2, 2), 5.0))
+    assert square.get_images()[1].get_extent() == pytest.approx([0, 64, 64, 0])
+
+
+def test_token_heatmaps_of_old_runs_say_the_view_is_unknown(made):
+    fig = made["figs"]["token_heatmap_kl_org_toy_model_s0"]  # make_run has no images column: stretched grid
+    assert "(view unknown: grid stretched over the whole image)" in " ".join(fig.get_suptitle().split())
