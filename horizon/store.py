@@ -106,6 +106,9 @@ class RunStore:
 
     def _load_existing(self) -> None:
         self.scores_dir.mkdir(parents=True, exist_ok=True)
+        # a kill during an atomic write leaves its temporary file behind; the real file is the old one, intact
+        for tmp in [*self.path.glob(".*.tmp-*"), *self.scores_dir.glob(".*.tmp-*")]:
+            tmp.unlink(missing_ok=True)
         if (self.path / "samples.parquet").exists():
             self.samples = pd.read_parquet(self.path / "samples.parquet")
         if (self.path / "groups.parquet").exists():
