@@ -104,3 +104,15 @@ def test_resume_with_changed_config_is_refused(checkpoints, dataset, tmp_path, c
     assert len(err) == 1 and "cannot resume" in err[0] and "group: 2 -> 1" in err[0]
     assert main(scan_args(checkpoints["llava"], data, out)) == 2  # exists, no --resume
     assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_removes_temporary_files_a_kill_left(checkpoints, dataset, tmp_path):
+    """A SIGKILL inside an atomic write leaves `.name.tmp-PID`; the resumed run must not keep it."""
+    data, out = dataset("llava", 2), tmp_path / "run"
+    assert main(scan_args(checkpoints["llava"], data, out, "--group", "2", "--limit", "1")) == 0
+    left = [out / ".run.json.tmp-4242", out / ".samples.parquet.tmp-4242", out / "scores" / ".part-000001.parquet.tmp-7"]
+    for path in left:
+        path.write_bytes(b"half a file")
+    assert main(scan_args(checkpoints["llava"], data, out, "--group", "2", "--resume")) == 0
+    assert not any(path.exists() for path in left)
+    assert len(read_run(out)["samples"]) == 2
