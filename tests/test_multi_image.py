@@ -105,8 +105,9 @@ def test_two_image_scan_equals_physical_deletion(models, tmp_path, name, caplog)
         assert set(g.positions) <= runs[g.image], g
     assert sorted(p for ps in groups.positions for p in ps) == visual
 
-    scored = [n_prompt - 1]
-    y = np.array(row.answer_ids)
+    # the first answer token that carries text is scored (test_answer_token.py); the ones before it are only fed
+    scored = [n_prompt - 1 + row.scored_offset]
+    y = np.array(row.answer_ids[row.scored_offset:])
     with torch.no_grad():
         logp = torch.log_softmax(vlm.hf(**inputs).logits[0, scored].double(), -1).numpy()
     scores = result.scores.set_index(["layer", "group", "metric"]).value
