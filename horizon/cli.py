@@ -62,8 +62,9 @@ def _analyze(args: argparse.Namespace) -> int:
         if row.difference != row.difference:  # NaN: nothing to compare
             print(f"{row.metric} {row.kind}s in {where}: {a} vs {b}: {row.note}")
             continue
+        one_sided = f" ({row.note})" if row.note.startswith("only ") else ""  # the other side has no horizon
         print(f"{row.metric} {row.kind}s in {where}: horizon({a}) - horizon({b}) = {row.difference:+.3g} {row.units} "
-              f"[{row.difference_lo:+.3g}, {row.difference_hi:+.3g}], permutation p = {row.p_value:.3g}")
+              f"[{row.difference_lo:+.3g}, {row.difference_hi:+.3g}], permutation p = {row.p_value:.3g}{one_sided}")
     print(f"wrote summary.json, summary.csv, curves.csv, comparisons.csv and {len(result['figures'])} figure files to {args.out}")
     return 0
 
@@ -205,8 +206,13 @@ def _prune_grid(args: argparse.Namespace) -> int:
 
 
 def _budgets(text: str) -> tuple[int | str, ...]:
-    """--budgets: token counts stay ints, percentages ("50%") stay text (GridConfig.validate checks both)."""
-    return tuple(int(p) if p.isdigit() else p for p in (x.strip() for x in text.split(",")) if p)
+    """--budgets: token counts stay ints, percentages ("50%") stay text; checked before any model loads."""
+    from .prune.schedule import parse_budget
+
+    budgets = tuple(int(p) if p.isdigit() else p for p in (x.strip() for x in text.split(",")) if p)
+    for b in budgets:
+        parse_budget(str(b), f"--budgets {text!r}")
+    return budgets
 
 
 def _log_to(run_dir: Path | None) -> None:
