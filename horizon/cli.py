@@ -158,7 +158,7 @@ def _prune_eval(args: argparse.Namespace) -> int:
           f"prefill FLOPs {s['relative_flops']:.1%} of unpruned; {s['seconds_per_sample']:.3f} s per answer"
           + (f"; {skipped}" if skipped else ""))
     for task in s["tasks"]:
-        capped = f", {_capped(task)}" if task["n_capped"] else ""
+        capped = f", {task['n_capped']} of {task['n_samples']} capped" if task["n_capped"] else ""
         print(f"  {task['task']}: {task['accuracy']:.3f} ({task['n_samples']} samples, "
               f"{task['avg_visual_tokens']:.1f} visual tokens per layer on average{capped})")
     print(f"scoring: {s['scoring']}")

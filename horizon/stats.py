@@ -483,8 +483,8 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
         nan = math.nan
         return {"horizon_a": nan, "horizon_b": nan, "difference": nan, "difference_lo": nan, "difference_hi": nan,
                 "p_value": nan, "units": units,
-                "note": f"neither {names[0]} nor {names[1]} has a horizon (information persists to the last "
-                        "layer in both): nothing to compare"}
+                "note": f"neither {names[0]} nor {names[1]} has a horizon: information persists to the last "
+                        "layer in both, nothing to compare"}
     observed = ha - hb
     na, nb = len(xa), len(xb)
     chunk = max(1, int(2e7 // ((na + nb) * len(axis))))  # bound memory: ~160 MB of float64 per step
@@ -508,8 +508,7 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
     note = f"a horizon past the last layer (none) counts as {past}"
     if persists:
         other = names[1] if persists[0] == str(names[0]) else names[0]
-        note = (f"only {other} has a horizon; {persists[0]} has none (information persists to the last layer), "
-                f"counted as {past}")
+        note = f"only {other} has a horizon: {persists[0]}'s information persists to the last layer, counted as {past}"
     return {"horizon_a": ha, "horizon_b": hb, "difference": observed, "difference_lo": lo, "difference_hi": hi,
             "p_value": float(p), "units": units, "note": note}
 

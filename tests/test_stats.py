@@ -183,7 +183,7 @@ def test_comparisons_without_horizons_say_so_instead_of_a_zero_difference(tmp_pa
     assert math.isnan(neither.difference) and math.isnan(neither.p_value)
     assert "neither ocr nor vqa has a horizon" in neither.note and "nothing to compare" in neither.note
     one = table.loc[("ocr", "pos")]  # only pos has one: the number stands, and the note says which side
-    assert one.difference == 8 - 4 and one.note.startswith("only pos has a horizon; ocr has none")
+    assert one.difference == 8 - 4 and one.note.startswith("only pos has a horizon: ocr's information persists")
 
     run = write_run(tmp_path / "run", frames, "org/model", 8)
     assert main(["analyze", str(run), "--out", str(tmp_path / "out"), "--n-boot", "100", "--n-perm", "100"]) == 0
@@ -191,5 +191,5 @@ def test_comparisons_without_horizons_say_so_instead_of_a_zero_difference(tmp_pa
     line = next(x for x in printed if ": ocr vs vqa" in x or "horizon(ocr) - horizon(vqa)" in x)
     assert "nothing to compare" in line and "+0" not in line and "p = " not in line, line
     line = next(x for x in printed if "horizon(ocr) - horizon(pos)" in x)
-    assert line.endswith("(only pos has a horizon; ocr has none (information persists to the last layer), "
+    assert line.endswith("(only pos has a horizon: ocr's information persists to the last layer, "
                          "counted as n_layers)"), line

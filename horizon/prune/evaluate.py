@@ -284,7 +284,7 @@ def summarize(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
             row[f"{col}_std"] = float(per_seed[col].std(ddof=1)) if len(per_seed) > 1 else 0.0
         # sampling uncertainty: the seed spread says nothing about how few samples there were
         row["accuracy_ci_lo"], row["accuracy_ci_hi"] = bootstrap_ci(frame.groupby("sample_id").score.mean())
-        capped = frame.capped.fillna(False).astype(bool) if "capped" in frame else pd.Series(False, frame.index)
+        capped = frame.capped.eq(True) if "capped" in frame else pd.Series(False, frame.index)  # absent: older rows
         row.update({
             "avg_visual_tokens": float(frame.avg_visual_tokens.mean()),
             "n_visual": float(frame.n_visual.mean()),
