@@ -67,8 +67,9 @@ def _analyze(args: argparse.Namespace) -> int:
         if row.difference != row.difference:  # NaN: nothing to compare
             print(f"{row.metric} {row.kind}s in {where}: {a} vs {b}: {row.note}")
             continue
+        one_sided = f" ({row.note})" if row.note.startswith("only ") else ""  # the other side has no horizon
         print(f"{row.metric} {row.kind}s in {where}: horizon({a}) - horizon({b}) = {row.difference:+.3g} {row.units} "
-              f"[{row.difference_lo:+.3g}, {row.difference_hi:+.3g}], permutation p = {row.p_value:.3g}")
+              f"[{row.difference_lo:+.3g}, {row.difference_hi:+.3g}], permutation p = {row.p_value:.3g}{one_sided}")
     print(f"wrote summary.json, summary.csv, curves.csv, comparisons.csv and {len(result['figures'])} figure files to {args.out}")
     return 0
 
@@ -151,20 +152,47 @@ def _prune_eval(args: argparse.Namespace) -> int:
     vlm, evalset = _load_for_eval(args)
     result = prune_eval(vlm, evalset, out=args.out, resume=args.resume, config=cfg, progress=not args.quiet)
     s = result.summary
+    skipped = _skipped(result.predictions)
     if s.get("n_samples", 0) == 0:
-        raise HorizonError(f"no sample could be evaluated; see {args.out}/predictions.jsonl")
+        raise HorizonError(f"no sample could be evaluated ({skipped}); see {args.out}/predictions.jsonl")
     spread = f" ± {s['accuracy_std']:.3f} over {s['n_seeds']} seeds" if s["n_seeds"] > 1 else ""
     ci = "" if s["accuracy_ci_lo"] != s["accuracy_ci_lo"] else \
         f" (95% CI over samples {s['accuracy_ci_lo']:.3f}-{s['accuracy_ci_hi']:.3f})"
+    capped = f"; {_capped(s)}" if s["n_capped"] else ""
     print(f"{s['metric']} accuracy {s['accuracy']:.3f}{spread}{ci} on {s['n_samples']} samples; "
-          f"{s['avg_visual_tokens']:.1f} of {s['n_visual']:.0f} visual tokens per layer on average; "
-          f"prefill FLOPs {s['relative_flops']:.1%} of unpruned; {s['seconds_per_sample']:.3f} s per answer")
+          f"{s['avg_visual_tokens']:.1f} visual tokens per layer on average, of {_number(s['n_visual'])} per "
+          f"sample on average ({s['avg_retained_fraction']:.1%} retained on average){capped}; "
+          f"prefill FLOPs {s['relative_flops']:.1%} of unpruned; {s['seconds_per_sample']:.3f} s per answer"
+          + (f"; {skipped}" if skipped else ""))
     for task in s["tasks"]:
+        capped = f", {task['n_capped']} of {task['n_samples']} capped" if task["n_capped"] else ""
         print(f"  {task['task']}: {task['accuracy']:.3f} ({task['n_samples']} samples, "
-              f"{task['avg_visual_tokens']:.1f} visual tokens)")
+              f"{task['avg_visual_tokens']:.1f} visual tokens per layer on average{capped})")
     print(f"scoring: {s['scoring']}")
     print(f"predictions and summary in {args.out}")
     return 0
+
+
+def _number(value: float) -> str:
+    """A mean as it is: 280 when whole, else with its decimals (280.35), never rounded to a whole count."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}".rstrip("0")
+
+
+def _capped(summary: dict) -> str:
+    return (f"{summary['n_capped']} of {summary['n_samples']} samples capped "
+            "(a budget above their visual tokens kept them all)")
+
+
+def _skipped(predictions, first: int = 3) -> str:
+    """'skipped N samples (status error): id (reason), ...' naming the first few; '' when none was."""
+    if predictions.empty or "status" not in predictions:
+        return ""
+    bad = predictions[predictions.status.fillna("ok") != "ok"].drop_duplicates("sample_id")
+    if bad.empty:
+        return ""
+    named = ", ".join(f"{r.sample_id} ({str(r.status).removeprefix('error: ')})" for r in bad.head(first).itertuples())
+    more = f", and {len(bad) - first} more" if len(bad) > first else ""
+    return f"skipped {len(bad)} sample{'s' * (len(bad) != 1)} (status error): {named}{more}"
 
 
 def _prune_grid(args: argparse.Namespace) -> int:
@@ -172,7 +200,7 @@ def _prune_grid(args: argparse.Namespace) -> int:
 
     grid = GridConfig(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        budgets=tuple(_ints(args.budgets, "--budgets")), prune_layer=args.prune_layer,
+        budgets=_budgets(args.budgets), prune_layer=args.prune_layer,
         switch_layers=parse_switch_layers(args.switch_layers), deep_keep=args.deep_keep,
         singles=not args.no_singles, hybrids=not args.no_hybrids, eval=_prune_config(args),
     )
@@ -184,11 +212,14 @@ def _prune_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        return [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise HorizonError(f"{flag} {text!r}: expected comma-separated integers") from None
+def _budgets(text: str) -> tuple[int | str, ...]:
+    """--budgets: token counts stay ints, percentages ("50%") stay text; checked before any model loads."""
+    from .prune.schedule import parse_budget
+
+    budgets = tuple(int(p) if p.isdigit() else p for p in (x.strip() for x in text.split(",")) if p)
+    for b in budgets:
+        parse_budget(str(b), f"--budgets {text!r}")
+    return budgets
 
 
 def _log_to(run_dir: Path | None) -> None:
@@ -310,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe = sub.add_parser("prune-eval", help="greedy answers with a pruning schedule applied, scored")
     eval_options(pe)
     pe.add_argument("--schedule", required=True,
-                    help="stages method@layer:keep, e.g. divprune@0:284,random@20:38 (or none)")
+                    help="stages method@layer:keep, e.g. divprune@0:284,random@20:38 (or none); keep may be a "
+                    "percentage of each sample's visual tokens, divprune@0:50%%")
     pe.add_argument("--switch-at", default=None, help="'horizon' (needs --summary) or a layer: where the "
                     "schedule's random stage goes")
     pe.add_argument("--info-run", default=None, help="scan run directory supplying scores for info stages")
@@ -320,10 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     pg = sub.add_parser("prune-grid", help="methods x budgets x switch layers; accuracy vs visual tokens")
     eval_options(pg)
     pg.add_argument("--methods", default="random,fastv,divprune,dart")
-    pg.add_argument("--budgets", default="192,128,64", help="visual tokens kept by the first stage")
+    pg.add_argument("--budgets", default="192,128,64", help="visual tokens kept by the first stage: counts, or "
+                    "percentages of each sample's visual tokens (50%%,25%%)")
     pg.add_argument("--prune-layer", type=int, default=2, help="layer of the first stage (default: 2)")
     pg.add_argument("--switch-layers", default="horizon", help="layers (or 'horizon') of the hybrids' random stage")
-    pg.add_argument("--deep-keep", type=int, default=None, help="tokens the random stage keeps (default: budget/4)")
+    pg.add_argument("--deep-keep", default=None, help="tokens (or a percentage) the random stage keeps "
+                    "(default: budget/4)")
     pg.add_argument("--no-singles", action="store_true", help="skip the single-stage schedules")
     pg.add_argument("--no-hybrids", action="store_true", help="skip the method+random hybrids")
     pg.set_defaults(func=_prune_grid)

@@ -69,8 +69,9 @@ def task_files(data: Path) -> dict[str, Path]:
 
 def _verdict(row: pd.Series, what: str) -> str:
     lo, hi, p = row.difference_lo, row.difference_hi, row.p_value
-    if math.isnan(row.difference) and "no information" in str(row.get("note", "")):
-        return f"{what}: not comparable ({row.note})"
+    if math.isnan(row.difference) and ("no information" in str(row.get("note", ""))
+                                       or str(row.get("note", "")).startswith("neither")):
+        return f"{what}: not comparable ({row.note})"  # no horizons on one side, or on both
     if math.isnan(lo):
         return f"{what}: undetermined"
     ci = f"{row.difference:+.2f} {row.units} [{lo:+.2f}, {hi:+.2f}], p = {p:.3f}"

@@ -451,8 +451,10 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
     onto the union of both models' relative layer positions, so models of
     different depth become exchangeable under the null hypothesis. Both sides
     use the larger of their numerical floors. When either side has no
-    information at any layer there is no horizon to compare: the difference
-    is NaN and ``note`` says which side.
+    information at any layer, or neither side's information vanishes within
+    the model, there are no horizons to compare: the difference is NaN and
+    ``note`` says why. When only one side has a horizon, the other counts as
+    past the last layer and ``note`` says which.
     """
     if relative:
         depths = [part.layer.unique() / _depth(part) for part in (a, b)]
@@ -475,6 +477,14 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
                 "note": f"no information at any layer in {' and '.join(empty)}: no horizons to compare"}
     ha = _horizon_of(xa[None], axis, params, past_end, floor)[0]
     hb = _horizon_of(xb[None], axis, params, past_end, floor)[0]
+    persists = [str(side) for side, h in zip(names, (ha, hb)) if h >= past_end]
+    if len(persists) == 2:
+        # both "past the last layer": a difference of 0 would read as equal horizons, but there are none
+        nan = math.nan
+        return {"horizon_a": nan, "horizon_b": nan, "difference": nan, "difference_lo": nan, "difference_hi": nan,
+                "p_value": nan, "units": units,
+                "note": f"neither {names[0]} nor {names[1]} has a horizon: information persists to the last "
+                        "layer in both, nothing to compare"}
     observed = ha - hb
     na, nb = len(xa), len(xb)
     chunk = max(1, int(2e7 // ((na + nb) * len(axis))))  # bound memory: ~160 MB of float64 per step
@@ -494,9 +504,13 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, params: StatsParams, relative
     diff, null = np.concatenate(diff), np.concatenate(null)
     p = (1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (params.n_perm + 1)
     lo, hi = _interval(diff, params.ci)
+    past = "1.0" if relative else "n_layers"
+    note = f"a horizon past the last layer (none) counts as {past}"
+    if persists:
+        other = names[1] if persists[0] == str(names[0]) else names[0]
+        note = f"only {other} has a horizon: {persists[0]}'s information persists to the last layer, counted as {past}"
     return {"horizon_a": ha, "horizon_b": hb, "difference": observed, "difference_lo": lo, "difference_hi": hi,
-            "p_value": float(p), "units": units,
-            "note": "a horizon past the last layer (none) counts as " + ("1.0" if relative else "n_layers")}
+            "p_value": float(p), "units": units, "note": note}
 
 
 def compare(per_sample: pd.DataFrame, params: StatsParams | None = None) -> pd.DataFrame:

@@ -287,10 +287,15 @@ def test_cli_prune_eval_and_bad_schedules(checkpoints, dataset, tmp_path, capsys
     assert match, printed
     assert float(match.group(1)) == round(summary["accuracy"], 3) == round(float(np.mean(per_seed)), 3)
     assert float(match.group(2)) == round(float(np.std(per_seed, ddof=1)), 3)
-    assert "11.7 of 25 visual tokens" in printed  # (25 + 5 + 5) / 3
+    # (25 + 5 + 5) / 3 of 25: both numbers are averages and say so
+    assert "11.7 visual tokens per layer on average, of 25 per sample on average (46.7% retained" in printed
+    assert "capped" not in printed and "skipped" not in printed
 
     for i, (schedule, needles) in enumerate([
-        ("random@1:99", ["keeps 99", "only 25"]),
+        ("random@1:9,random@2:12", ["random@2 keeps 12", "only 9", "random@1"]),  # growing: no sample fits
+        ("random@1:150%", ["'150%'", "more than 100%"]),
+        ("random@1:abc%", ["'abc%'", "percentage"]),
+        ("random@1:25%,random@2:50%", ["random@2 keeps 50%", "only 25%"]),
         ("foo@1:3", ["unknown method 'foo'"]),
         ("random@7:3", ["layer 7 out of range", "3 decoder layers"]),
         ("random@1", ["'random@1'", "method@layer:keep"]),

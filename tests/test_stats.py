@@ -168,3 +168,28 @@ def test_plot_command_and_analysis_scripts_write_figures_only(tmp_path, capsys):
             sys.argv = argv
     assert (tmp_path / "a" / "info_curve_kl.png").exists()
     assert any(p.name.startswith("token_heatmap_kl") for p in (tmp_path / "b").iterdir())
+
+
+def test_comparisons_without_horizons_say_so_instead_of_a_zero_difference(tmp_path, capsys):
+    frames = [synthetic_scores(task="ocr", horizon=None, seed=1, n_samples=12, n_layers=8),
+              synthetic_scores(task="vqa", horizon=None, seed=2, n_samples=12, n_layers=8),
+              synthetic_scores(task="pos", horizon=4, seed=3, n_samples=12, n_layers=8)]
+    stats = sample_layer_stats(pd.concat(frames))
+    summary = summarize(stats, FAST).set_index("task")
+    assert list(summary.loc[["ocr", "vqa"], "horizon_status"]) == ["persists", "persists"]
+    assert summary.loc["pos", "horizon_status"] == "found"
+    table = compare(stats, FAST).set_index(["task_a", "task_b"])
+    neither = table.loc[("ocr", "vqa")]  # both horizons "past the last layer": no difference of 0
+    assert math.isnan(neither.difference) and math.isnan(neither.p_value)
+    assert "neither ocr nor vqa has a horizon" in neither.note and "nothing to compare" in neither.note
+    one = table.loc[("ocr", "pos")]  # only pos has one: the number stands, and the note says which side
+    assert one.difference == 8 - 4 and one.note.startswith("only pos has a horizon: ocr's information persists")
+
+    run = write_run(tmp_path / "run", frames, "org/model", 8)
+    assert main(["analyze", str(run), "--out", str(tmp_path / "out"), "--n-boot", "100", "--n-perm", "100"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    line = next(x for x in printed if ": ocr vs vqa" in x or "horizon(ocr) - horizon(vqa)" in x)
+    assert "nothing to compare" in line and "+0" not in line and "p = " not in line, line
+    line = next(x for x in printed if "horizon(ocr) - horizon(pos)" in x)
+    assert line.endswith("(only pos has a horizon: ocr's information persists to the last layer, "
+                         "counted as n_layers)"), line

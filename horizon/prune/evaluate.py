@@ -4,8 +4,16 @@ One evaluation directory holds ``eval.json`` (the configuration and its hash),
 ``predictions.jsonl`` (one line per sample and seed, appended and flushed as
 each finishes, so a killed run keeps its work and ``resume`` continues) and
 ``summary.json`` / ``summary.csv`` (accuracy, average visual tokens per layer,
-prefill FLOPs and wall time, overall and per task; random schedules as
-mean ± std over seeds).
+the average retained fraction of each sample's visual tokens, the samples
+whose budget was capped, prefill FLOPs and wall time, overall and per task;
+random schedules as mean ± std over seeds).
+
+Budgets may be percentages of each sample's visual tokens
+(``divprune@0:50%``); every prediction row holds the schedule as written
+(``schedule``) and with the counts it resolved to for that sample
+(``resolved_schedule``). A budget above the visual tokens a sample has keeps
+them all: the row says ``capped`` (and which stages), the summary counts
+``n_capped`` samples.
 """
 
 from __future__ import annotations
@@ -181,7 +189,8 @@ class Schedules:
         if not text:
             return Schedule(())
         try:
-            return parse_schedule(text, self.n_layers, n_visual)
+            # a budget above the sample's visual tokens keeps them all; the row records it as capped
+            return parse_schedule(text, self.n_layers, n_visual, cap=True)
         except HorizonError as exc:
             where = f" (random stage at the {task!r} horizon)" if self.cfg.switch_at == "horizon" else ""
             raise HorizonError(f"{exc}{where}") from None
@@ -279,9 +288,13 @@ def summarize(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
             row[f"{col}_std"] = float(per_seed[col].std(ddof=1)) if len(per_seed) > 1 else 0.0
         # sampling uncertainty: the seed spread says nothing about how few samples there were
         row["accuracy_ci_lo"], row["accuracy_ci_hi"] = bootstrap_ci(frame.groupby("sample_id").score.mean())
+        capped = frame.capped.eq(True) if "capped" in frame else pd.Series(False, frame.index)  # absent: older rows
         row.update({
             "avg_visual_tokens": float(frame.avg_visual_tokens.mean()),
             "n_visual": float(frame.n_visual.mean()),
+            # mixed resolutions: each sample's own share, so a 234-token and a 3,834-token image weigh alike
+            "avg_retained_fraction": float((frame.avg_visual_tokens / frame.n_visual).mean()),
+            "n_capped": int(frame[capped].sample_id.nunique()),
             "prefill_tflops": float(frame.prefill_flops.mean() / 1e12),
             "relative_flops": float(frame.relative_flops.mean()),
             "seconds_per_sample": float(frame.seconds.mean()),
@@ -471,11 +484,17 @@ def _evaluate(vlm: VisionLM, sample: Sample, seed: int, cfg: PruneConfig, schedu
     full = [len(inputs["input_ids"][0])] * vlm.n_layers
     flops = prefill_flops(text_cfg, gen.tokens_per_layer)
     score = scoring(metric)
+    # capped: a stage's budget above the visual tokens the generation had before it (it kept them all)
+    before = [n_visual, *gen.visual_per_layer]  # before[l] = visual tokens present before layer l's stage
+    capped = [f"{s.method}@{s.layer}:{s.keep} > {before[s.layer]}" for s in schedule.stages
+              if s.keep > before[s.layer]]
     return {
-        "sample_id": sample.id, "task": sample.task, "seed": seed, "schedule": str(schedule),
+        "sample_id": sample.id, "task": sample.task, "seed": seed, "schedule": schedule.text,
+        "resolved_schedule": str(schedule), "capped": bool(capped), "capped_stages": capped,
         "question": sample.question, "answers": list(sample.answers), "prediction": gen.text,
         "score": score.score(gen.text, sample), "pair": None, **score.row_fields(sample),
         "n_visual": n_visual, "avg_visual_tokens": gen.avg_visual_tokens,
+        "retained_fraction": gen.avg_visual_tokens / n_visual,
         "visual_per_layer": gen.visual_per_layer, "prefill_flops": flops,
         "relative_flops": flops / prefill_flops(text_cfg, full), "seconds": seconds,
         "n_new_tokens": len(gen.tokens), "status": "ok",

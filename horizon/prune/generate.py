@@ -177,10 +177,9 @@ class _Pruning:
         if self.replay is not None:
             chosen = torch.isin(self.present, self.replay[len(self.kept)].to(self.present.device)).nonzero().flatten()
         else:
-            keep = stage.keep
-            if keep > len(visual_rows):
-                raise HorizonError(f"{stage.method}@{stage.layer}:{keep}: only {len(visual_rows)} visual tokens "
-                                   "are present there")
+            # a budget above what is present keeps it all (capped: prune_eval records it per sample)
+            capped = stage.keep > len(visual_rows)
+            keep = min(stage.keep, len(visual_rows))
             inputs: dict[str, Any] = {}
             if stage.method == "random":
                 inputs["generator"] = self.generator
@@ -201,7 +200,7 @@ class _Pruning:
                 inputs["info"] = self.info[j].to(hidden.device)[self.present[visual_rows]]
             chosen = select(stage.method, visual_rows.cpu(), keep, **{
                 k: v.cpu() if isinstance(v, torch.Tensor) and k != "generator" else v for k, v in inputs.items()})
-            chosen = chosen.to(hidden.device)
+            chosen = (visual_rows if capped else chosen).to(hidden.device)
         keep_rows = ~is_visual
         keep_rows[chosen] = True
         return keep_rows.nonzero().flatten()

@@ -3,9 +3,12 @@
 Schedules in the grid (P = ``prune_layer``, k = a budget, s = a switch layer):
 
 * ``none``: the unpruned model, the reference line;
-* single: ``method@P:k`` for every method and budget;
+* single: ``method@P:k`` for every method and budget; a budget is a token
+  count or a percentage of each sample's visual tokens (``50%``, see
+  :mod:`horizon.prune.schedule`);
 * hybrid: ``method@P:k,random@s:deep`` -- the method in shallow layers, then
-  random pruning down to ``deep`` tokens (default k // 4) from layer s on.
+  random pruning down to ``deep`` tokens (default k // 4, at least 1; for a
+  percentage budget p% the default is (p / 4)%) from layer s on.
   ``s = "horizon"`` puts the random stage at the measured horizon of each
   sample's task (``summary.json`` of ``horizon analyze``).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from ..benchmarks import EvalSet, read_eval
 from ..errors import HorizonError
 from ..model import VisionLM, load
 from .evaluate import PruneConfig, horizon_records, model_label, prune_eval
+from .schedule import format_budget, parse_budget
 from .strategies import METHODS
 
 log = logging.getLogger("horizon")
@@ -39,10 +44,10 @@ class GridConfig:
     """The grid. ``switch_layers`` entries are layers or ``"horizon"``."""
 
     methods: tuple[str, ...] = ("random", "fastv", "divprune", "dart")
-    budgets: tuple[int, ...] = (192, 128, 64)
+    budgets: tuple[int | str, ...] = (192, 128, 64)  # token counts or percentages ("50%")
     prune_layer: int = 2
     switch_layers: tuple[str | int, ...] = ("horizon",)
-    deep_keep: int | None = None  # tokens the hybrid's random stage keeps (default: budget // 4)
+    deep_keep: int | str | None = None  # the hybrid's random stage's budget (default: budget // 4, or p/4 %)
     singles: bool = True
     hybrids: bool = True
     eval: PruneConfig = field(default_factory=PruneConfig)  # positions, seeds, limit, summary, ...
@@ -52,8 +57,12 @@ class GridConfig:
         if unknown:
             raise HorizonError(f"--methods: {', '.join(unknown)} cannot be a grid method "
                                "(use random, fastv, divprune, dart)")
-        if not self.budgets or any(b < 1 for b in self.budgets):
-            raise HorizonError(f"--budgets must be positive token counts, got {self.budgets}")
+        text = ",".join(map(str, self.budgets))
+        budgets = [parse_budget(str(b), f"--budgets {text!r}") for b in self.budgets]
+        if not budgets or any(b <= 0 for b in budgets):
+            raise HorizonError(f"--budgets {text!r}: budgets must be positive token counts or percentages")
+        if self.deep_keep is not None:
+            parse_budget(str(self.deep_keep), f"--deep-keep {self.deep_keep!r}")
         if not 0 <= self.prune_layer < n_layers:
             raise HorizonError(f"--prune-layer {self.prune_layer} out of range (0..{n_layers - 1})")
         early = [m for m in self.methods if m in ("fastv", "dart")]
@@ -80,6 +89,18 @@ def parse_switch_layers(text: str) -> tuple[str | int, ...]:
     return tuple(out)
 
 
+def deep_budget(budget: int | str, deep_keep: int | str | None) -> str:
+    """The hybrid's random-stage budget: ``deep_keep``, else a quarter of ``budget`` (at least 1 token)."""
+    if deep_keep is not None:
+        return format_budget(parse_budget(str(deep_keep), "--deep-keep"))
+    b = parse_budget(str(budget), "--budgets")
+    if isinstance(b, Decimal):
+        quarter = format(b / 4, "f")
+        quarter = quarter.rstrip("0").rstrip(".") if "." in quarter else quarter
+        return f"{quarter}%"  # a quarter of the percentage, resolved per sample
+    return str(max(1, b // 4))
+
+
 def grid_entries(cfg: GridConfig) -> list[dict[str, Any]]:
     """One entry per schedule: its evaluation config and how it is labelled."""
     entries = [{"name": "none", "method": "none", "kind": "none", "budget": None, "switch": None,
@@ -92,7 +113,7 @@ def grid_entries(cfg: GridConfig) -> list[dict[str, Any]]:
                                 "switch": None, "config": replace(cfg.eval, schedule=f"{method}@{P}:{k}",
                                                                   switch_at=None)})
             if cfg.hybrids:
-                deep = cfg.deep_keep if cfg.deep_keep is not None else max(1, k // 4)
+                deep = deep_budget(k, cfg.deep_keep)
                 for s in cfg.switch_layers:
                     # a horizon switch is filled in per task; the placeholder layer keeps the text parseable
                     entries.append({
@@ -159,7 +180,9 @@ def prune_grid(
                 "model": name, "task": task.task, "method": entry["method"], "kind": entry["kind"],
                 "schedule": (result.summary.get("schedules") or {}).get(task.task, entry["config"].schedule),
                 "budget": entry["budget"], "switch_layer": switch,
-                "switch": str(entry["switch"]), "avg_tokens": task.avg_visual_tokens, "accuracy": task.accuracy,
+                "switch": str(entry["switch"]), "avg_tokens": task.avg_visual_tokens,
+                "avg_retained_fraction": task.avg_retained_fraction, "n_capped": task.n_capped,
+                "accuracy": task.accuracy,
                 "accuracy_std": task.accuracy_std, "accuracy_ci_lo": task.accuracy_ci_lo,
                 "accuracy_ci_hi": task.accuracy_ci_hi, "n_seeds": task.n_seeds,
                 "relative_flops": task.relative_flops, "seconds_per_sample": task.seconds_per_sample,
@@ -171,7 +194,10 @@ def prune_grid(
     for task, sub in frame.groupby("task"):
         horizon = horizons.get(task)
         unpruned = sub[sub.kind == "none"].accuracy
-        prune_tradeoff(sub[sub.kind != "none"].assign(switch_layer=lambda f: f.switch_layer.astype(float)), figures,
+        # a percentage budget is plotted as its number (the panels only group and order by budget)
+        budgets = sub.budget.map(lambda b: float(str(b).rstrip("%")) if b is not None and b == b else b)
+        prune_tradeoff(sub[sub.kind != "none"].assign(switch_layer=lambda f: f.switch_layer.astype(float),
+                                                      budget=budgets[sub.kind != "none"]), figures,
                        horizon=horizon, unpruned=float(unpruned.iloc[0]) if len(unpruned) else None,
                        name=f"prune_tradeoff_{_slug(name)}_{_slug(task)}")
     return frame
