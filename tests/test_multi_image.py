@@ -177,6 +177,14 @@ def test_family_taking_one_image_refuses_before_loading_weights(checkpoints, tmp
                  "-q"])
     errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("horizon: error")]
     assert code == 2 and len(errors) == 1 and "at most 1" in errors[0]
+    from horizon.prune import prune_eval
+    from horizon.prune.grid import GridConfig, prune_grid
+
+    for call in (lambda: prune_eval(checkpoints["llava"], path, progress=False),
+                 lambda: prune_grid(checkpoints["llava"], path, tmp_path / "grid", GridConfig(), progress=False)):
+        with pytest.raises(HorizonError) as err:
+            call()
+        assert "\n" not in str(err.value) and "at most 1" in str(err.value)
     assert one_image_family == []  # no weights were loaded
     # the same family scans single-image data
     single = tmp_path / "single.jsonl"

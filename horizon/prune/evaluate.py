@@ -36,7 +36,7 @@ from ..benchmarks import METRICS, EvalSet, Scoring, metric_choices, read_eval
 from ..data import Sample
 from ..decoding import DECODING_RULES, Decoding
 from ..errors import HorizonError, SampleError
-from ..model import VisionLM, load
+from ..model import VisionLM, load, refuse_extra_images
 from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
 from ..store import atomic_write_bytes, check_resume, config_hash
@@ -381,13 +381,15 @@ def prune_eval(
     """
     cfg = config or PruneConfig(**options)
     cfg.validate()
-    vlm = model if isinstance(model, VisionLM) else load(model)
     if isinstance(data, EvalSet):
         evalset = data
     elif isinstance(data, (str, Path)):
         evalset = read_eval(data, answers=answers, image_folder=image_folder, format=data_format)
     else:
         evalset = EvalSet(list(data), "exact", "samples")
+    if not isinstance(model, VisionLM):
+        refuse_extra_images(model, evalset.samples, str(evalset.source))  # before the weights load
+    vlm = model if isinstance(model, VisionLM) else load(model)
     metric = resolve_metric(cfg.metric, evalset)
     samples = evalset.samples[: cfg.limit] if cfg.limit else evalset.samples
     schedules = Schedules(cfg, vlm)

@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..benchmarks import EvalSet, read_eval
 from ..errors import HorizonError
-from ..model import VisionLM, load
+from ..model import VisionLM, load, refuse_extra_images
 from .evaluate import PruneConfig, horizon_records, model_label, prune_eval
 from .schedule import format_budget, parse_budget
 from .strategies import METHODS
@@ -142,10 +142,12 @@ def prune_grid(
     from ..plots import _slug, prune_tradeoff
 
     cfg = config or GridConfig()
-    vlm = model if isinstance(model, VisionLM) else load(model)
-    cfg.validate(vlm.n_layers)
     evalset = data if isinstance(data, EvalSet) else read_eval(data, answers=answers, image_folder=image_folder,
                                                                format=data_format)
+    if not isinstance(model, VisionLM):
+        refuse_extra_images(model, evalset.samples, str(evalset.source))  # before the weights load
+    vlm = model if isinstance(model, VisionLM) else load(model)
+    cfg.validate(vlm.n_layers)
     out = Path(out)
     name = cfg.eval.horizon_model or model_label(vlm)
     horizons = horizon_records(cfg.eval.summary, name, cfg.eval.horizon_metric) if cfg.eval.summary else {}
