@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,22 @@ def floor_line(summary: pd.DataFrame) -> str:
     return f"numerical floor (largest over the runs; scores within it count as zero): {parts}"
 
 
+def _redo_if_stale(directory: Path, work):
+    """Run ``work`` (which resumes ``directory``); if the directory was made under another configuration
+    (an older horizon, say), delete it and start over. The demo owns its run directories; user runs are
+    never deleted, they refuse to resume instead."""
+    from .errors import HorizonError
+
+    try:
+        return work()
+    except HorizonError as exc:
+        if not str(exc).startswith("cannot resume"):
+            raise
+        print(f"{directory} was made under another configuration (an older horizon?); redoing it")
+        shutil.rmtree(directory)
+        return work()
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from .model import load
     from .report import analyze, format_table
@@ -168,8 +185,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                 run = cfg.runs / f"{model_dir.name}-{task}-{protocol}"
                 print(f"scan {model_dir.name} on {task} ({cfg.limit} samples, {protocol}, {cfg.group}x{cfg.group} "
                       f"windows) -> {run}")
-                scan(vlm, data, out=run, resume=(run / "run.json").exists(), group=cfg.group, limit=cfg.limit,
-                     protocol=protocol, max_new_tokens=4)
+                _redo_if_stale(run, lambda: scan(vlm, data, out=run, resume=(run / "run.json").exists(),
+                                                 group=cfg.group, limit=cfg.limit, protocol=protocol, max_new_tokens=4))
                 runs.append(run)
     params = StatsParams(n_boot=cfg.n_boot, n_perm=cfg.n_perm)
     result = analyze(runs, cfg.out, params=params, figures_dir=cfg.out)
@@ -221,8 +238,9 @@ def prune_demo(cfg: DemoConfig) -> list[str]:
                                        max_new_tokens=3))
     vlm = load(model_dir, dtype="float32", device="cpu")
     source = " ".join(str(files[t]) for t in cfg.prune_tasks if t in files) + f" limit={cfg.prune_limit}"
-    frame = prune_grid(vlm, EvalSet(samples, "exact", "jsonl", source), cfg.runs / f"prune-{cfg.prune_model}", grid,
-                       progress=False, figures=cfg.out)
+    grid_dir = cfg.runs / f"prune-{cfg.prune_model}"
+    frame = _redo_if_stale(grid_dir, lambda: prune_grid(vlm, EvalSet(samples, "exact", "jsonl", source), grid_dir, grid,
+                                                        progress=False, figures=cfg.out))
     # wall time stays in the grid directory: the committed table must reproduce byte for byte
     frame.drop(columns=["seconds_per_sample"]).to_csv(cfg.out / "prune_grid.csv", index=False, float_format="%.6g")
     return prune_reading(frame, cfg.prune_layer)
