@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import HorizonError
-from .decoding import DECODING_RULES
+from .decoding import DECODING_RULES, Decoding
 from .records import VANISHING_TESTS
 from .store import LOG_NAME
 
@@ -169,6 +169,7 @@ def _prune_eval(args: argparse.Namespace) -> int:
         print(f"  {task['task']}: {task['accuracy']:.3f} ({task['n_samples']} samples, "
               f"{task['avg_visual_tokens']:.1f} visual tokens per layer on average{capped})")
     print(f"scoring: {s['scoring']}")
+    print(f"decoding: {Decoding(**s['decoding']).describe()}")
     print(f"predictions and summary in {args.out}")
     return 0
 

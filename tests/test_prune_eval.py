@@ -354,6 +354,7 @@ def test_cli_pope_scores(checkpoints, tmp_path, capsys, monkeypatch):
                  "--max-new-tokens", "2", "--out", str(out), "-q"]) == 0
     printed = capsys.readouterr().out
     assert "pope accuracy 0.500" in printed and "scoring: POPE as LLaVA's eval_pope" in printed
+    assert "decoding: greedy under the checkpoint's generation config" in printed
     assert len(calls) == 4
     rows = lines(out / "predictions.jsonl")
     label = {f"{cat}-{q}": lab for q, cat, _, _, lab in asked}
