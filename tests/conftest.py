@@ -58,3 +58,14 @@ def dataset(tmp_path):
     def make(name: str, n: int = 2, **kwargs) -> Path:
         return write_dataset(tmp_path / f"data-{name}-{n}", n, ARCHS[name]["image"], **kwargs)
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: the tiny models are far faster on one thread than on two of a shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

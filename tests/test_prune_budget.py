@@ -33,12 +33,7 @@ SIZES = {"q0": (56, 84), "q1": (112, 168), "q2": (112, 168)}  # (h, w) pixels
 TASKS = {"q0": "ocr", "q1": "ocr", "q2": "vqa"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixed_dataset(root: Path) -> Path:

@@ -34,13 +34,7 @@ N_LAYERS, N_VISUAL = 3, 25  # the tiny llava of conftest
 SHORT = "\nAnswer the question using a single word or phrase."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models are far faster on one thread than on two threads of a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
