@@ -581,12 +581,9 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
     if geo.empty:
         raise ValueError(f"sample {sample_id!r} has no rows in the groups table")
     on_image = geo["image"].fillna(0).astype(int) if "image" in geo.columns else pd.Series(0, index=geo.index)
-    grids = {}
-    for i, spec in enumerate(specs):
-        mine = geo[on_image == i]
-        for layer in layers:
-            vals = sc[sc["layer"] == layer].groupby("group")["value"].mean()
-            grids[i, layer] = _window_grid(vals, mine, *spec["grid"], k)
+    per_layer = {layer: sc[sc["layer"] == layer].groupby("group")["value"].mean() for layer in layers}
+    grids = {(i, layer): _window_grid(per_layer[layer], geo[on_image == i], *spec["grid"], k)
+             for i, spec in enumerate(specs) for layer in layers}
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if vmax <= vmin:
