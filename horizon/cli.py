@@ -42,7 +42,9 @@ def _scan(args: argparse.Namespace) -> int:
                allow_unsafe_weights=args.allow_unsafe_weights)
     result = scan(vlm, args.data, out=out, resume=args.resume, config=cfg, progress=not args.quiet)
     ok = (result.samples.status == "ok").sum()
-    print(f"run written to {out} ({ok} of {len(result.samples)} samples ok, {len(result.scores)} scores)")
+    skipped = _skipped(result.samples)
+    print(f"run written to {out} ({ok} of {len(result.samples)} samples ok, {len(result.scores)} scores"
+          + (f"; {skipped}" if skipped else "") + ")")
     return 0
 
 

@@ -100,6 +100,8 @@ def test_on_error_skip_records_and_goes_on(checkpoints, dataset, tmp_path, capsy
     assert samples.loc["q0", "status"] == "ok" and samples.loc["q3", "status"] == "ok"
     assert "not found" in samples.loc["q1", "status"] and "only whitespace" in samples.loc["q2", "status"]
     assert "malformed JSON" in samples.loc["line-5", "status"]
+    printed = capsys.readouterr().out
+    assert "2 of 5 samples ok" in printed and "skipped 3 samples (status error): q1 (image file not found" in printed
 
 
 def test_console_script_prints_no_traceback(checkpoints, dataset, tmp_path):
