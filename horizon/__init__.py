@@ -9,7 +9,7 @@
 __version__ = "0.1.0"
 
 from .errors import HorizonError, SampleError  # noqa: E402
-from .model import VisionLM, load  # noqa: E402
+from .models import VisionLM, load  # noqa: E402
 from .scan import ScanConfig, ScanResult, scan  # noqa: E402
 from .data import Sample, read_jsonl  # noqa: E402
 from .store import read_run  # noqa: E402

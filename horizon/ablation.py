@@ -24,7 +24,9 @@ from typing import Iterator, Sequence
 
 import nnsight
 import torch
-from .model import VisionLM
+
+from .errors import HorizonError
+from .models import VisionLM
 
 log = logging.getLogger("horizon")
 
@@ -82,6 +84,10 @@ class CleanPass:
 
 def ensure_maskable_attention(vlm: VisionLM) -> None:
     """Ablated passes need a custom 4D mask; flash attention cannot take one."""
+    if vlm.adapter.attention != "causal":
+        # removal and prefix reuse are derived for causal attention; other masks need their own derivation
+        raise HorizonError(f"{vlm.adapter.name}: its {vlm.adapter.attention!r} attention mask is not supported by the "
+                           "engine yet (only causal decoders are)")
     impl = vlm.language_model.config._attn_implementation
     if impl not in MASKABLE_ATTENTION:
         log.warning("attention implementation %r cannot take a custom mask; switching to sdpa", impl)
@@ -96,10 +102,11 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
     with vlm.nn.trace(**inputs, use_cache=True):
         lm_kwargs = lm.inputs[1].save()
         hidden = nnsight.save([])
-        rotary = lm.layers[0].inputs[1]["position_embeddings"].save()
-        for layer in lm.layers:
+        layers = vlm.adapter.decoder_layers(lm)
+        rotary = layers[0].inputs[1][vlm.adapter.rotary_keyword].save()
+        for layer in layers:
             hidden.append(layer.input[0].save())
-        final = lm.norm.input.save()  # the last layer's output, before the final norm
+        final = vlm.adapter.final_norm(lm).input.save()  # the last layer's output, before the final norm
         output = vlm.nn.output.save()
     seq_len = inputs["input_ids"].shape[1]
     position_ids = lm_kwargs.get("position_ids")
@@ -223,14 +230,15 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
         lm = vlm.lm_envoy
         with lm.trace(inputs_embeds=hidden, position_ids=position_ids, attention_mask=mask,
                       **vlm.adapter.cache_kwargs(vlm.language_model, cache)) as tracer:
-            lm.rotary_emb.skip(rotary)  # the clean pass computed every position's rotary embedding
-            for skipped in lm.layers[:layer]:
+            layers = vlm.adapter.decoder_layers(lm)
+            vlm.adapter.rotary_module(lm).skip(rotary)  # the clean pass computed every position's rotary embedding
+            for skipped in layers[:layer]:
                 skipped.skip(skipped.input)  # the clean state at layer l is already the input
-            hidden = lm.layers[last].input.save()
+            hidden = layers[last].input.save()
             tracer.stop()
 
     # Last layer: only the scored rows matter downstream; the others just lend keys and values.
-    final_layer = vlm.language_model.layers[last]
+    final_layer = vlm.layers[last]
     keys, values = prefix_kv(last)
     if n > m:
         k, v = vlm.adapter.key_values(final_layer, hidden[:, : n - m], (rotary[0][:, : n - m], rotary[1][:, : n - m]))

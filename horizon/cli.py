@@ -21,7 +21,7 @@ log = logging.getLogger("horizon")
 
 def _scan(args: argparse.Namespace) -> int:
     from .data import as_samples
-    from .model import load, refuse_extra_images
+    from .models import load, refuse_extra_images
     from .scan import ScanConfig, scan
 
     cfg = ScanConfig(
@@ -137,7 +137,7 @@ def _prune_config(args: argparse.Namespace, schedule: str = "none"):
 
 
 def _load_for_eval(args: argparse.Namespace):
-    from .model import load, refuse_extra_images
+    from .models import load, refuse_extra_images
     from .benchmarks import read_eval
 
     evalset = read_eval(args.data, answers=args.answers, image_folder=args.image_folder, format=args.format)

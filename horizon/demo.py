@@ -171,7 +171,7 @@ def _redo_if_stale(directory: Path, work):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from .model import load
+    from .models import load
     from .report import analyze, format_table
     from .scan import scan
     from .stats import StatsParams
@@ -220,7 +220,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 def prune_demo(cfg: DemoConfig) -> list[str]:
     """Prune one zoo model with every method, budget and switch layer; plot and read the result."""
     from .data import read_jsonl
-    from .model import load
+    from .models import load
     from .prune.evaluate import PruneConfig
     from .prune.grid import GridConfig, prune_grid
     from .benchmarks import EvalSet

@@ -14,12 +14,12 @@ from typing import Sequence
 
 import torch
 
-from .model import VisionLM
+from .models import VisionLM
 
 
-def _slice_kwargs(kwargs: dict, keep: torch.Tensor) -> dict:
-    cos, sin = kwargs["position_embeddings"]
-    kwargs["position_embeddings"] = (cos[..., keep, :], sin[..., keep, :])
+def _slice_kwargs(kwargs: dict, keep: torch.Tensor, rotary: str) -> dict:
+    cos, sin = kwargs[rotary]
+    kwargs[rotary] = (cos[..., keep, :], sin[..., keep, :])
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.ndim == 4:
         kwargs["attention_mask"] = mask[:, :, keep][:, :, :, keep]
@@ -42,17 +42,18 @@ def deleted_logits(
     seq = inputs["input_ids"].shape[1]
     drop = set(removed)
     keep = torch.tensor([i for i in range(seq) if i not in drop], device=vlm.device)
-    layers = vlm.language_model.layers
+    layers = vlm.layers
+    rotary = vlm.adapter.rotary_keyword  # the keyword the layers take (cos, sin) by
 
     def first(module, args, kwargs):
         if args:
             args = (args[0][:, keep], *args[1:])
         else:
             kwargs["hidden_states"] = kwargs["hidden_states"][:, keep]
-        return args, _slice_kwargs(kwargs, keep)
+        return args, _slice_kwargs(kwargs, keep, rotary)
 
     def later(module, args, kwargs):
-        return args, _slice_kwargs(kwargs, keep)
+        return args, _slice_kwargs(kwargs, keep, rotary)
 
     hooks = [layers[layer].register_forward_pre_hook(first, with_kwargs=True)]
     hooks += [layers[j].register_forward_pre_hook(later, with_kwargs=True) for j in range(layer + 1, len(layers))]

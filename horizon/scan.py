@@ -27,7 +27,7 @@ from .data import Sample, as_samples
 from .decoding import DECODING_RULES, Decoding
 from .errors import HorizonError, SampleError
 from .groups import Group, ImageGrid, tile
-from .model import VisionLM, load, refuse_extra_images
+from .models import VisionLM, load, refuse_extra_images
 from .scores import DEFAULT_METRICS, RAW_METRICS, check_metrics, keep_scores, remove_scores
 from .store import GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore
 

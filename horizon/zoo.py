@@ -163,7 +163,7 @@ def evaluate(vlm, data: Path | str, limit: int | None = None, max_new_tokens: in
 def train(spec: ZooSpec, out: str | Path, *, tasks_dir: str | Path | None = None, steps: int | None = None,
           eval_limit: int | None = None, progress: Callable[[int, float], None] | None = None) -> TrainResult:
     """Build ``spec``'s checkpoint in ``out`` and train it; evaluates on ``tasks_dir`` test sets if given."""
-    from .model import load
+    from .models import load
 
     out = Path(out)
     steps = steps or spec.steps

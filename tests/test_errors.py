@@ -12,7 +12,7 @@ import torch
 
 from horizon.cli import main
 from horizon.errors import HorizonError
-from horizon.model import load
+from horizon.models import load
 
 
 def run_cli(capsys, *args):

@@ -16,7 +16,10 @@ import torch
 from PIL import Image
 
 import horizon
-from horizon import adapters, plots
+from horizon import plots
+from horizon.models import adapter as adapters_module
+from horizon.models import LlavaAdapter
+from horizon.registry import Registry
 from horizon.cli import main
 from horizon.data import read_jsonl
 from horizon.errors import HorizonError
@@ -144,7 +147,7 @@ def test_prune_eval_prunes_across_both_images(models, tmp_path):
     assert list(row.visual_per_layer) == [50, 30, 30]  # keeping 30 > 25 needs tokens of both images
 
 
-class OneImageLlava(adapters.LlavaAdapter):
+class OneImageLlava(LlavaAdapter):
     """A registered family that takes one image per prompt (no real family here refuses several)."""
 
     name = "llava-one-image"
@@ -153,7 +156,11 @@ class OneImageLlava(adapters.LlavaAdapter):
 
 @pytest.fixture
 def one_image_family(monkeypatch):
-    monkeypatch.setattr(adapters, "ADAPTERS", (OneImageLlava, *adapters.ADAPTERS))
+    # a registry where the llava model type is served by a family taking one image per prompt
+    registry = Registry("model type")
+    for name, cls in adapters_module.ADAPTERS.items():
+        registry.register(name, OneImageLlava if name == "llava" else cls)
+    monkeypatch.setattr(adapters_module, "ADAPTERS", registry)
     loads = []
     from transformers import AutoModelForImageTextToText
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import horizon
-from horizon.adapters import LlavaAdapter, QwenVLAdapter
+from horizon.models import LlavaAdapter, QwenVLAdapter
 from horizon.errors import HorizonError
 from horizon.tiny import build_tiny
 

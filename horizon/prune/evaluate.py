@@ -36,7 +36,7 @@ from ..benchmarks import METRICS, EvalSet, Scoring, metric_choices, read_eval
 from ..data import Sample
 from ..decoding import DECODING_RULES, Decoding
 from ..errors import HorizonError, SampleError
-from ..model import VisionLM, load, refuse_extra_images
+from ..models import VisionLM, load, refuse_extra_images
 from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
 from ..store import atomic_write_bytes, check_resume, config_hash

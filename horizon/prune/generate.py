@@ -28,7 +28,7 @@ import torch
 
 from ..decoding import Decoding
 from ..errors import HorizonError
-from ..model import VisionLM
+from ..models import VisionLM
 from ..scan import append_answer
 from .schedule import Schedule, Stage
 from .strategies import select
@@ -86,6 +86,7 @@ class _Pruning:
                  generator: torch.Generator, info: Mapping[int, torch.Tensor] | None,
                  replay: list[torch.Tensor] | None = None):
         self.vlm, self.positions, self.generator, self.info = vlm, positions, generator, info or {}
+        self.rotary = vlm.adapter.rotary_keyword  # the keyword the layers take (cos, sin) by
         self.stages: dict[int, Stage] = {s.layer: s for s in schedule.stages}
         self.visual_mask: torch.Tensor | None = None  # (S,) bool over original positions
         self.visual = visual
@@ -101,7 +102,7 @@ class _Pruning:
 
     # -- hooks -----------------------------------------------------------
     def install(self, hook) -> "_Pruning":
-        for j, layer in enumerate(self.vlm.language_model.layers):
+        for j, layer in enumerate(self.vlm.layers):
             self.handles.append(layer.register_forward_pre_hook(
                 lambda module, args, kwargs, j=j: hook(j, module, args, kwargs), with_kwargs=True))
         return self
@@ -113,7 +114,7 @@ class _Pruning:
 
     def prefill(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        seq = kwargs["position_embeddings"][0].shape[-2]
+        seq = kwargs[self.rotary][0].shape[-2]
         if self.present is None:
             self.present = torch.arange(seq, device=hidden.device)
             self.visual_mask = torch.zeros(seq, dtype=torch.bool, device=hidden.device)
@@ -130,10 +131,10 @@ class _Pruning:
         if nxt is not None and self.replay is None:
             # FastV and DART read the layer before their stage, as their reference code does
             if nxt.method == "fastv":
-                self.attention = self.vlm.adapter.last_token_attention(module, hidden, kwargs["position_embeddings"])
+                self.attention = self.vlm.adapter.last_token_attention(module, hidden, kwargs[self.rotary])
             elif nxt.method == "dart":
                 # the keys this layer writes to its KV cache (after RoPE), recomputed so that sdpa/flash work
-                keys, _ = self.vlm.adapter.key_values(module, hidden, kwargs["position_embeddings"])
+                keys, _ = self.vlm.adapter.key_values(module, hidden, kwargs[self.rotary])
                 self.keys = keys[0].transpose(0, 1).flatten(1)  # (n, kv_heads * head_dim), heads side by side
         return (hidden, *args[1:]), kwargs
 
@@ -143,7 +144,7 @@ class _Pruning:
         if self.positions == "renumber" and self.renumbered_at(j):
             hidden = args[0] if args else kwargs["hidden_states"]
             pos = torch.tensor([[len(self.layer_present[j]) + self.step]], device=hidden.device)
-            kwargs["position_embeddings"] = self.vlm.language_model.rotary_emb(hidden, pos)
+            kwargs[self.rotary] = self.vlm.adapter.rotary_embeddings(self.vlm.language_model, hidden, pos)
         return args, kwargs
 
     def renumbered_at(self, j: int) -> bool:
@@ -156,10 +157,10 @@ class _Pruning:
         n = len(present)
         if self.renumbered and hidden is not None:
             pos = torch.arange(n, device=present.device)[None]
-            kwargs["position_embeddings"] = self.vlm.language_model.rotary_emb(hidden, pos)
+            kwargs[self.rotary] = self.vlm.adapter.rotary_embeddings(self.vlm.language_model, hidden, pos)
         elif n != seq:
-            cos, sin = kwargs["position_embeddings"]
-            kwargs["position_embeddings"] = (cos[..., present, :], sin[..., present, :])
+            cos, sin = kwargs[self.rotary]
+            kwargs[self.rotary] = (cos[..., present, :], sin[..., present, :])
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and n != seq:
             kwargs["attention_mask"] = mask[..., present, :][..., present]
@@ -191,7 +192,7 @@ class _Pruning:
                 # pivots: key L1 norms of the layer before the stage (post-RoPE, as its KV cache holds them)
                 inputs["keys"] = self.keys
                 # duplication: cosine between the hidden states entering the stage's layer, through the final norm
-                inputs["hidden"] = self.vlm.language_model.norm(hidden[0])
+                inputs["hidden"] = self.vlm.adapter.final_norm(self.vlm.language_model)(hidden[0])
                 # every text row; dart_pivots draws the text pivots from those after the image only
                 inputs["text"] = (~is_visual).nonzero().flatten()
             elif stage.method == "info":

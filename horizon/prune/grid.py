@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..benchmarks import EvalSet, read_eval
 from ..errors import HorizonError
-from ..model import VisionLM, load, refuse_extra_images
+from ..models import VisionLM, load, refuse_extra_images
 from .evaluate import PruneConfig, horizon_records, model_label, prune_eval
 from .schedule import format_budget, parse_budget
 from .strategies import METHODS

@@ -1,4 +1,4 @@
-"""Loading a vision LLM by hub id or local directory, wrapped for nnsight."""
+"""A loaded vision LLM (:class:`VisionLM`) and loading one by hub id or local directory, wrapped for nnsight."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import torch
 from nnsight import NNsight
 
-from .adapters import Adapter, adapter_for
-from .errors import HorizonError
+from ..errors import HorizonError
+from .adapter import Adapter, adapter_for
 
 log = logging.getLogger("horizon")
 
@@ -75,8 +75,13 @@ class VisionLM:
         return self._get(self.hf, self.adapter.lm_head_path())
 
     @property
+    def layers(self) -> torch.nn.ModuleList:
+        """The decoder layers."""
+        return self.adapter.decoder_layers(self.language_model)
+
+    @property
     def n_layers(self) -> int:
-        return len(self.language_model.layers)
+        return len(self.layers)
 
     @property
     def tokenizer(self) -> Any:

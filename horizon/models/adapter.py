@@ -1,0 +1,260 @@
+"""Adapters: the only place where architectures differ.
+
+An adapter knows where the decoder layers, the final norm and the rotary
+embedding live, how a layer takes its rotary embedding and KV cache, how to
+recompute a layer's keys, values and last-token attention, how to build a
+prompt with the processor's chat template, which sequence positions hold
+visual tokens, each image's token grid and the pixels it covers. Everything
+else in horizon is architecture-agnostic. Families register their adapter
+class for the transformers ``model_type`` values they serve
+(:func:`register_adapter`); :func:`adapter_for` picks one from a config.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import HorizonError
+from ..groups import ImageGrid
+from ..registry import Registry
+
+log = logging.getLogger("horizon")
+
+__all__ = ["Adapter", "ADAPTERS", "register_adapter", "adapter_for", "supported_model_types", "missing_methods"]
+
+
+class Adapter:
+    """Base class; subclasses describe one family of checkpoints."""
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+    # Text between the generation prompt and the answer when teacher forcing.
+    answer_separator: str = ""
+    # Most images one prompt may hold (None: no limit); checked before weights load.
+    max_images: int | None = None
+    # Logged once per scan when a sample has several images ("" for none).
+    multi_image_warning: str = ""
+
+    # The keyword a decoder layer takes its rotary (cos, sin) by.
+    rotary_keyword: str = "position_embeddings"
+    # How a decoder layer's attention is masked. Only "causal" is supported by the engine and pruning;
+    # a family with bidirectional image blocks or sliding windows must say so here and is refused until
+    # the engine handles it (removal and prefix reuse depend on it).
+    attention: str = "causal"
+    # Methods a family must implement (the contract suite names the missing ones).
+    required: tuple[str, ...] = ("visual_features_path", "grid_shapes")
+
+    # -- model structure -------------------------------------------------
+    def language_model_path(self) -> str:
+        """Attribute path of the decoder stack."""
+        return "model.language_model"
+
+    def lm_head_path(self) -> str:
+        return "lm_head"
+
+    def decoder_layers(self, language_model: Any) -> Any:
+        """The decoder layers of ``language_model`` (a module, or its nnsight envoy)."""
+        return language_model.layers
+
+    def final_norm(self, language_model: Any) -> Any:
+        """The norm after the last decoder layer (a module, or its nnsight envoy)."""
+        return language_model.norm
+
+    def rotary_module(self, language_model: Any) -> Any:
+        """The module that computes every position's rotary embedding (a module, or its nnsight envoy)."""
+        return language_model.rotary_emb
+
+    def rotary_embeddings(self, language_model: torch.nn.Module, hidden: torch.Tensor,
+                          position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for ``position_ids``, as the decoder layers receive them."""
+        return self.rotary_module(language_model)(hidden, position_ids)
+
+    def apply_rotary(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate queries and keys (B, heads, n, head_dim) as the family's attention does: rotate-half RoPE."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        return apply_rotary_pos_emb(q, k, cos, sin)
+
+    def visual_features_path(self) -> str:
+        """Module whose output is the visual tokens' embeddings as the language model receives them."""
+        raise NotImplementedError(f"{type(self).__name__} must implement visual_features_path")
+
+    def image_token_id(self, model: torch.nn.Module) -> int:
+        return int(model.config.image_token_id)
+
+    def key_values(
+        self, layer: torch.nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (after RoPE) and values a decoder layer's attention computes from ``hidden``.
+
+        Lets the engine run the last layer for the scored rows only: the other
+        rows contribute keys and values and nothing else. Written for the
+        Llama-style layer that LLaVA and Qwen-VL share; shapes (B, kv_heads, n, head_dim).
+        """
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        shape = (*x.shape[:-1], -1, attn.head_dim)
+        keys = attn.k_proj(x).view(shape).transpose(1, 2)
+        values = attn.v_proj(x).view(shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        _, keys = self.apply_rotary(keys, keys, cos, sin)
+        return keys, values
+
+    def last_token_attention(
+        self, layer: torch.nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """Attention weights (heads, n) of the last position over all n positions, computed explicitly.
+
+        sdpa and flash attention never materialise the weights, so FastV's
+        criterion is recomputed here from the layer's own projections (the
+        last position attends to every position, so no mask is needed).
+        ``hidden`` is the layer's input (1, n, D).
+        """
+        attn = layer.self_attn
+        keys, _ = self.key_values(layer, hidden, position_embeddings)  # (1, kv_heads, n, hd)
+        x = layer.input_layernorm(hidden[:, -1:])
+        query = attn.q_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # (1, heads, 1, hd)
+        cos, sin = position_embeddings
+        query, _ = self.apply_rotary(query, query, cos[:, -1:], sin[:, -1:])
+        keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # grouped-query heads
+        scores = (query.float() @ keys.float().transpose(-1, -2)) * attn.scaling
+        return torch.softmax(scores, dim=-1)[0, :, 0]
+
+    # -- caches ----------------------------------------------------------
+    def cache_keyword(self, module: torch.nn.Module) -> str:
+        """The keyword ``module``'s forward takes its KV cache by.
+
+        transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old
+        name warns and goes away in 5.40); earlier 5.x releases only know the
+        old one. Reading the signature supports both without a version table.
+        """
+        params = inspect.signature(module.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def cache_kwargs(self, module: torch.nn.Module, cache: Any) -> dict[str, Any]:
+        return {self.cache_keyword(module): cache}
+
+    def make_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor] | None]) -> Any:
+        """A KV cache holding ``layers[j]`` = (keys, values) for layer j; None leaves a layer empty."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[kv if kv is not None else (None, None) for kv in layers])
+
+    def output_cache(self, output: Any) -> Any:
+        """The KV cache a forward pass returned, under either of transformers' names."""
+        fields = output.keys() if hasattr(output, "keys") else ()
+        return output["cache"] if "cache" in fields else output.past_key_values
+
+    # -- output head -----------------------------------------------------
+    def scored_logits(self, language_model: torch.nn.Module, lm_head: torch.nn.Module,
+                      hidden: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        """Logits in at least float32 from the last decoder layer's output ``hidden`` (..., D).
+
+        The final norm and the output projection run in float32 (float64 for a
+        float64 model) whatever the model's dtype: in bfloat16 the logits themselves are rounded to about
+        three significant digits, which alone moves small scores. The
+        projection goes in vocabulary chunks so no float32 copy of the whole
+        head is held. Llama-style RMSNorm upcasts to float32 inside and only
+        casts back to its input's dtype, so a float32 input stays float32.
+        """
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        x = self.final_norm(language_model)(hidden.to(dtype))
+        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+        parts = []
+        for start in range(0, weight.shape[0], chunk):
+            w = weight[start : start + chunk].to(dtype)
+            b = bias[start : start + chunk].to(dtype) if bias is not None else None
+            parts.append(torch.nn.functional.linear(x, w, b))
+        return torch.cat(parts, dim=-1)
+
+    # -- processing ------------------------------------------------------
+    def load_processor(self, source: str, trust_remote_code: bool) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    def prompt(self, processor: Any, question: str, n_images: int = 1) -> str:
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, processor: Any, images: list[Image.Image], prompt: str) -> dict[str, torch.Tensor]:
+        return dict(processor(images=images, text=prompt, return_tensors="pt"))
+
+    def check_image_count(self, n_images: int, where: str) -> None:
+        """Refuse, in one line naming ``where``, a prompt with more images than the family takes."""
+        if self.max_images is not None and n_images > self.max_images:
+            raise HorizonError(
+                f"{where} has {n_images} images but {self.name} models take at most {self.max_images} per prompt"
+            )
+
+    # -- geometry --------------------------------------------------------
+    def view(self, processor: Any, size: tuple[int, int], grid: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Rectangle (x0, y0, x1, y1), in the original image's pixels, that a token grid of shape ``grid`` spans.
+
+        ``size`` is the original (W, H). Cells are uniform inside it (resizing
+        is linear); it extends past the image where the processor pads and is
+        a sub-rectangle where it crops. Default: the whole image.
+        """
+        w, h = size
+        return (0.0, 0.0, float(w), float(h))
+
+    def grid_shapes(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
+        """(rows, cols) of every image's token grid, in sequence order."""
+        raise NotImplementedError(f"{type(self).__name__} must implement grid_shapes")
+
+    def grids(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[ImageGrid]:
+        """Token grid of every image, in sequence order."""
+        ids = inputs["input_ids"][0]
+        visual = (ids == self.image_token_id(model)).nonzero().flatten().tolist()
+        shapes = self.grid_shapes(model, inputs, max(1, len(visual)))
+        grids, i = [], 0
+        for h, w in shapes:
+            run = visual[i : i + h * w]
+            if len(run) != h * w or run != list(range(run[0], run[0] + h * w)):
+                raise HorizonError(
+                    f"{self.name}: cannot map the prompt's {len(visual)} image tokens onto "
+                    f"grids {shapes} (contiguous row-major runs expected)"
+                )
+            grids.append(ImageGrid(run[0], h, w))
+            i += h * w
+        if i != len(visual):
+            raise HorizonError(f"{self.name}: {len(visual)} image tokens but grids {shapes} hold {i}")
+        return grids
+
+
+ADAPTERS: Registry[type[Adapter]] = Registry("model type")
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: serve every ``cls.model_types`` with ``cls``."""
+    for model_type in cls.model_types:
+        ADAPTERS.register(model_type, cls)
+    return cls
+
+
+def supported_model_types() -> list[str]:
+    return list(ADAPTERS.names())
+
+
+def missing_methods(cls: type[Adapter]) -> list[str]:
+    """Required methods ``cls`` leaves to the base class (which only raises)."""
+    return [name for name in cls.required if getattr(cls, name) is getattr(Adapter, name)]
+
+
+def adapter_for(config: Any) -> Adapter:
+    """The adapter for a transformers config, or a one-line error listing the registered model types."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in ADAPTERS:
+        return ADAPTERS.get(model_type)()
+    archs = ", ".join(getattr(config, "architectures", None) or [str(model_type)])
+    raise HorizonError(
+        f"unsupported architecture {archs} (model_type {model_type!r}); "
+        f"supported model types: {', '.join(supported_model_types())}"
+    )
