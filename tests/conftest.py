@@ -16,20 +16,22 @@ import pytest
 from PIL import Image
 
 import horizon
-from horizon.tiny import build_tiny
+from horizon.models import supported_model_types
+from horizon.testing import TINY_FAMILIES, build_tiny, image_size_for
 
-# (arch, grid, image size in pixels that yields that grid). Odd grids give ragged 2x2 edge windows.
-ARCHS = {
-    "llava": dict(arch="llava", grid=(5, 5), image=(40, 40)),
-    "qwen2_5_vl": dict(arch="qwen2_5_vl", grid=(3, 5), image=(84, 140)),
-}
+# Every registered family, built as horizon.testing describes it: (arch, grid, image size in pixels that
+# yields that grid). The contract tests run over all of them; the feature tests use llava and qwen2_5_vl.
+FAMILIES = {name: dict(arch=f.arch, grid=f.grid, image=image_size_for(f.arch, f.grid))
+            for name, f in TINY_FAMILIES.items()}
+CONTRACT = sorted(supported_model_types())  # one entry per registered adapter model type
+ARCHS = {name: FAMILIES[name] for name in ("llava", "qwen2_5_vl")}
 
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
     return {name: build_tiny(root / name, arch=spec["arch"], grid=spec["grid"], layers=3, seed=1)
-            for name, spec in ARCHS.items()}
+            for name, spec in FAMILIES.items()}
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +58,7 @@ def write_dataset(root: Path, n: int, size: tuple[int, int], seed: int = 0, answ
 def dataset(tmp_path):
     """Factory: dataset(arch_name, n) -> JSONL path with images sized for that arch's grid."""
     def make(name: str, n: int = 2, **kwargs) -> Path:
-        return write_dataset(tmp_path / f"data-{name}-{n}", n, ARCHS[name]["image"], **kwargs)
+        return write_dataset(tmp_path / f"data-{name}-{n}", n, FAMILIES[name]["image"], **kwargs)
     return make
 
 

@@ -23,9 +23,10 @@ from horizon.prune.generate import generate, prefill_flops, sample_seed
 from horizon.prune.strategies import dart_pivots
 from horizon.scan import encode_sample
 
+from conftest import CONTRACT
 from dart_reference import reference_dart
 
-ARCH_NAMES = ["llava", "qwen2_5_vl"]
+ARCH_NAMES = ["llava", "qwen2_5_vl"]  # feature tests; the contract ones run on every registered family
 
 
 def prompt_inputs(vlm, path):
@@ -68,7 +69,7 @@ def masked_removal_logits(vlm, inputs, removed_from: dict[int, list[int]]) -> to
             h.remove()
 
 
-@pytest.mark.parametrize("name", ARCH_NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_full_keep_reproduces_unpruned_generate_exactly(models, dataset, name):
     vlm = models[name]
     inputs = prompt_inputs(vlm, dataset(name, 1))
@@ -86,7 +87,7 @@ def test_full_keep_reproduces_unpruned_generate_exactly(models, dataset, name):
         assert gen.visual_per_layer == [nv] * vlm.n_layers
 
 
-@pytest.mark.parametrize("name", ARCH_NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_prefill_pruning_equals_engine_and_mask_removal(models, dataset, name):
     vlm = models[name]
     inputs = prompt_inputs(vlm, dataset(name, 1))
@@ -118,7 +119,7 @@ def test_prefill_pruning_equals_engine_and_mask_removal(models, dataset, name):
     assert gen.visual_per_layer == [nv - 3, nv - 3, nv // 4]
 
 
-@pytest.mark.parametrize("name", ARCH_NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_cached_decoding_equals_uncached(models, dataset, name):
     vlm = models[name]
     inputs = prompt_inputs(vlm, dataset(name, 1))
