@@ -210,14 +210,15 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
     valid = torch.stack([torch.arange(n, device=device) >= n - len(k) for k in kept])  # (B, n)
     assert torch.equal(index[:, n - m:], torch.tensor(clean.scored, device=device).expand(n_rows, m))
 
-    hidden = clean.layer_inputs[layer][index]  # (B, n, D)
-    position_ids = clean.position_ids[..., 0, :][..., index]  # (..., B, n)
-    rotary = (clean.rotary[0][index], clean.rotary[1][index])  # (B, n, head_dim) each
+    # under a device map the clean tensors sit on the devices of the layers that made them
+    hidden = clean.layer_inputs[layer][index.to(clean.layer_inputs[layer].device)]  # (B, n, D)
+    position_ids = clean.position_ids[..., 0, :][..., index.to(clean.position_ids.device)]  # (..., B, n)
+    rotary = tuple(r[index.to(r.device)] for r in clean.rotary)  # (B, n, head_dim) each: cos, sin
 
     causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None]
     allowed = (causal & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=device)  # pads see themselves
     allowed = torch.cat([torch.ones(n_rows, n, prefix, dtype=torch.bool, device=device), allowed], dim=-1)
-    mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=device)
+    mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=device)  # moved to each layer by its dispatch hook
     mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)
     mask = mask[:, None]  # (B, 1, n, prefix + n), additive: eager and sdpa both take it
 

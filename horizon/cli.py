@@ -7,6 +7,7 @@ never a traceback; completed samples stay on disk and `--resume` continues.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def _scan(args: argparse.Namespace) -> int:
     refuse_extra_images(args.model, as_samples(args.data, strict=cfg.on_error == "stop"), args.data,
                         args.trust_remote_code)
     vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+               device_map=_device_map(args.device_map), offload_folder=args.offload_folder,
                allow_unsafe_weights=args.allow_unsafe_weights)
     result = scan(vlm, args.data, out=out, resume=args.resume, config=cfg, progress=not args.quiet)
     ok = (result.samples.status == "ok").sum()
@@ -46,6 +48,22 @@ def _scan(args: argparse.Namespace) -> int:
     print(f"run written to {out} ({ok} of {len(result.samples)} samples ok, {len(result.scores)} scores"
           + (f"; {skipped}" if skipped else "") + ")")
     return 0
+
+
+def _device_map(text: str | None):
+    """--device-map: a strategy name, or a JSON file mapping module names to devices."""
+    if text is None or not text.endswith(".json"):
+        return text
+    path = Path(text)
+    if not path.is_file():
+        raise HorizonError(f"--device-map {text}: file not found")
+    try:
+        mapping = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HorizonError(f"--device-map {text}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(mapping, dict):
+        raise HorizonError(f"--device-map {text}: expected a JSON object of module name -> device")
+    return mapping
 
 
 def _stats_params(args: argparse.Namespace):
@@ -143,6 +161,7 @@ def _load_for_eval(args: argparse.Namespace):
     evalset = read_eval(args.data, answers=args.answers, image_folder=args.image_folder, format=args.format)
     refuse_extra_images(args.model, evalset.samples, args.data, args.trust_remote_code)
     vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+               device_map=_device_map(args.device_map), offload_folder=args.offload_folder,
                allow_unsafe_weights=args.allow_unsafe_weights)
     return vlm, evalset
 
@@ -263,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="first N samples only")
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     s.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    s.add_argument("--device-map", default=None, help="spread a model over several GPUs: auto | balanced | "
+                   "sequential | balanced_low_0 | FILE.json ({module: device}); needs accelerate")
+    s.add_argument("--offload-folder", default=None, help="where a device map's 'disk' modules live")
     s.add_argument("--batch-size", type=int, default=None, help="ablations per forward pass (default: automatic)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue a killed run (same configuration)")
@@ -337,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--on-error", default="stop", choices=["stop", "skip"])
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
         p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+        p.add_argument("--device-map", default=None, help="spread a model over several GPUs: auto | balanced | "
+                   "sequential | balanced_low_0 | FILE.json ({module: device}); needs accelerate")
+        p.add_argument("--offload-folder", default=None, help="where a device map's 'disk' modules live")
         p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
         p.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle (.bin) weights")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -275,7 +275,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     groups = tile(grids, cfg.group)
     visual = [p for g in groups for p in g.positions]
     clean = clean_pass(vlm, inputs, scored)
-    target = torch.tensor(answer_ids[first:], device=vlm.device)
+    target = torch.tensor(answer_ids[first:], device=clean.scored_logits.device)  # where the head put the logits
     logp = clean.scored_logprobs()
     real = _ablations(groups, visual, layers, cfg.protocol)
     # null ablations ride in the same batches as the real ones, so they see the same arithmetic
@@ -361,6 +361,7 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
         "n_layers": vlm.n_layers,
         "dtype": str(vlm.dtype).replace("torch.", ""),
         "device": str(vlm.device),
+        "device_map": getattr(vlm.hf, "hf_device_map", None),
         "protocol": cfg.protocol,
         "metrics": list(cfg.metrics),
         "group": cfg.group,

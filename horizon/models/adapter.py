@@ -12,9 +12,10 @@ class for the transformers ``model_type`` values they serve
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from PIL import Image
@@ -25,7 +26,36 @@ from ..registry import Registry
 
 log = logging.getLogger("horizon")
 
-__all__ = ["Adapter", "ADAPTERS", "register_adapter", "adapter_for", "supported_model_types", "missing_methods"]
+__all__ = ["execution_device", "materialized", "Adapter", "ADAPTERS", "register_adapter", "adapter_for", "supported_model_types", "missing_methods"]
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: its dispatch hook's execution device under a device map, else its weights'."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    for param in module.parameters():
+        if param.device.type != "meta":  # offloaded weights wait on the meta device until their hook loads them
+            return param.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def materialized(*modules: torch.nn.Module) -> Iterator[None]:
+    """Within the block, offloaded modules hold their real weights on their execution device.
+
+    Needed where horizon reads a module's weights itself (the float32 head)
+    instead of calling the module, whose dispatch hook would load them.
+    """
+    if not any(hasattr(m, "_hf_hook") for module in modules for m in module.modules()):
+        yield
+        return
+    from accelerate.utils import align_module_device
+
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(align_module_device(module))
+        yield
 
 
 class Adapter:
@@ -98,11 +128,12 @@ class Adapter:
         Llama-style layer that LLaVA and Qwen-VL share; shapes (B, kv_heads, n, head_dim).
         """
         attn = layer.self_attn
-        x = layer.input_layernorm(hidden)
+        device = execution_device(attn.k_proj)  # the layer's own device under a device map
+        x = layer.input_layernorm(hidden.to(device))
         shape = (*x.shape[:-1], -1, attn.head_dim)
         keys = attn.k_proj(x).view(shape).transpose(1, 2)
         values = attn.v_proj(x).view(shape).transpose(1, 2)
-        cos, sin = position_embeddings
+        cos, sin = (t.to(device) for t in position_embeddings)
         _, keys = self.apply_rotary(keys, keys, cos, sin)
         return keys, values
 
@@ -118,9 +149,9 @@ class Adapter:
         """
         attn = layer.self_attn
         keys, _ = self.key_values(layer, hidden, position_embeddings)  # (1, kv_heads, n, hd)
-        x = layer.input_layernorm(hidden[:, -1:])
+        x = layer.input_layernorm(hidden[:, -1:].to(keys.device))
         query = attn.q_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # (1, heads, 1, hd)
-        cos, sin = position_embeddings
+        cos, sin = (t.to(keys.device) for t in position_embeddings)
         query, _ = self.apply_rotary(query, query, cos[:, -1:], sin[:, -1:])
         keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # grouped-query heads
         scores = (query.float() @ keys.float().transpose(-1, -2)) * attn.scaling
@@ -164,13 +195,16 @@ class Adapter:
         casts back to its input's dtype, so a float32 input stays float32.
         """
         dtype = torch.promote_types(hidden.dtype, torch.float32)
-        x = self.final_norm(language_model)(hidden.to(dtype))
-        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
-        parts = []
-        for start in range(0, weight.shape[0], chunk):
-            w = weight[start : start + chunk].to(dtype)
-            b = bias[start : start + chunk].to(dtype) if bias is not None else None
-            parts.append(torch.nn.functional.linear(x, w, b))
+        norm = self.final_norm(language_model)
+        with materialized(norm, lm_head):
+            x = norm(hidden.to(device=execution_device(norm), dtype=dtype))
+            weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+            x = x.to(weight.device)  # under a device map the head may sit elsewhere
+            parts = []
+            for start in range(0, weight.shape[0], chunk):
+                w = weight[start : start + chunk].to(dtype)
+                b = bias[start : start + chunk].to(dtype) if bias is not None else None
+                parts.append(torch.nn.functional.linear(x, w, b))
         return torch.cat(parts, dim=-1)
 
     # -- processing ------------------------------------------------------

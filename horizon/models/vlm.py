@@ -15,6 +15,7 @@ from .adapter import Adapter, adapter_for
 
 log = logging.getLogger("horizon")
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -124,12 +125,23 @@ def load(
     attn_implementation: str | None = "sdpa",
     trust_remote_code: bool = False,
     allow_unsafe_weights: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> VisionLM:
     """Load a supported checkpoint (hub id or local directory).
 
     Weights are read from safetensors only unless ``allow_unsafe_weights``
     (pickle-based ``.bin`` files can run code). ``trust_remote_code`` is off
     unless asked for. ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU.
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or an explicit
+    ``{module name: device}``) spreads a model too large for one GPU over the
+    machine's devices through accelerate's dispatch (transformers'
+    ``device_map``); each layer then runs where its weights are, and horizon
+    moves every tensor it hands a layer to that layer's device. ``device`` is
+    then only used to choose the ``auto`` dtype. A map that sends modules to
+    ``"disk"`` needs ``offload_folder`` (their weights are loaded from there
+    on every use: slow, but it fits).
     """
     from transformers import AutoModelForImageTextToText
 
@@ -140,6 +152,17 @@ def load(
         raise HorizonError(f"{source}: not a model directory (no config.json)")
     adapter = adapter_for(read_config(source, trust_remote_code))
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if device_map is not None:
+        if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+            raise HorizonError(f"--device-map must be one of {', '.join(DEVICE_MAPS)} (or a module -> device mapping), "
+                               f"got {device_map!r}")
+        try:
+            import accelerate  # noqa: F401  (transformers dispatches through it)
+        except ImportError:
+            raise HorizonError("--device-map needs accelerate: pip install accelerate") from None
+        kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if not allow_unsafe_weights:
@@ -150,7 +173,10 @@ def load(
         first = str(exc).strip().splitlines()[0]
         hint = " (pickle weights need allow_unsafe_weights / --allow-unsafe-weights)" if "safetensors" in first else ""
         raise HorizonError(f"cannot load weights from {source!r}: {first}{hint}") from None
-    hf.to(dev).eval()
+    if device_map is None:
+        hf.to(dev)
+    hf.eval()
     processor = adapter.load_processor(source, trust_remote_code)
-    log.info("loaded %s (%s, %s, %s, attn=%s)", source, adapter.name, torch_dtype, dev, hf.config._attn_implementation)
+    where = f"device map {device_map!r}" if device_map is not None else str(dev)
+    log.info("loaded %s (%s, %s, %s, attn=%s)", source, adapter.name, torch_dtype, where, hf.config._attn_implementation)
     return VisionLM(hf=hf, nn=NNsight(hf), processor=processor, adapter=adapter, source=source)

@@ -29,6 +29,7 @@ import torch
 from ..decoding import Decoding
 from ..errors import HorizonError
 from ..models import VisionLM
+from ..models.adapter import execution_device
 from ..scan import append_answer
 from .schedule import Schedule, Stage
 from .strategies import select
@@ -121,7 +122,7 @@ class _Pruning:
             self.visual_mask[self.visual.to(hidden.device)] = True
         if j in self.stages:
             rows = self._select(self.stages[j], j, hidden)
-            hidden = hidden[:, rows]
+            hidden = hidden[:, rows.to(hidden.device)]
             self.present = self.present[rows]
             self.kept.append(self.present[self.visual_mask[self.present]].clone())
             self.renumbered = self.renumbered or self.positions == "renumber"
@@ -159,16 +160,17 @@ class _Pruning:
             pos = torch.arange(n, device=present.device)[None]
             kwargs[self.rotary] = self.vlm.adapter.rotary_embeddings(self.vlm.language_model, hidden, pos)
         elif n != seq:
-            cos, sin = kwargs[self.rotary]
-            kwargs[self.rotary] = (cos[..., present, :], sin[..., present, :])
+            # under a device map a layer's arguments may still sit on the previous layer's device
+            kwargs[self.rotary] = tuple(t[..., present.to(t.device), :] for t in kwargs[self.rotary])
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and n != seq:
-            kwargs["attention_mask"] = mask[..., present, :][..., present]
+            at = present.to(mask.device)
+            kwargs["attention_mask"] = mask[..., at, :][..., at]
         elif mask is not None and not isinstance(mask, torch.Tensor):
             raise HorizonError(f"pruning cannot restrict a {type(mask).__name__} attention mask; "
                                "load the model with attn_implementation='sdpa' or 'eager'")
         if isinstance(kwargs.get("position_ids"), torch.Tensor) and n != seq:
-            kwargs["position_ids"] = kwargs["position_ids"][..., present]
+            kwargs["position_ids"] = kwargs["position_ids"][..., present.to(kwargs["position_ids"].device)]
         return kwargs
 
     def _select(self, stage: Stage, j: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -192,16 +194,17 @@ class _Pruning:
                 # pivots: key L1 norms of the layer before the stage (post-RoPE, as its KV cache holds them)
                 inputs["keys"] = self.keys
                 # duplication: cosine between the hidden states entering the stage's layer, through the final norm
-                inputs["hidden"] = self.vlm.adapter.final_norm(self.vlm.language_model)(hidden[0])
+                norm = self.vlm.adapter.final_norm(self.vlm.language_model)
+                inputs["hidden"] = norm(hidden[0].to(execution_device(norm)))
                 # every text row; dart_pivots draws the text pivots from those after the image only
                 inputs["text"] = (~is_visual).nonzero().flatten()
             elif stage.method == "info":
                 if j not in self.info:
                     raise HorizonError(f"info@{j}: no information scores for layer {j} (scan that layer)")
-                inputs["info"] = self.info[j].to(hidden.device)[self.present[visual_rows]]
+                inputs["info"] = self.info[j].to(self.present.device)[self.present[visual_rows]]
             chosen = select(stage.method, visual_rows.cpu(), keep, **{
                 k: v.cpu() if isinstance(v, torch.Tensor) and k != "generator" else v for k, v in inputs.items()})
-            chosen = (visual_rows if capped else chosen).to(hidden.device)
+            chosen = (visual_rows if capped else chosen).to(self.present.device)
         keep_rows = ~is_visual
         keep_rows[chosen] = True
         return keep_rows.nonzero().flatten()
