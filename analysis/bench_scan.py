@@ -1,8 +1,9 @@
 """Benchmark: horizon's ablation engine against a naive loop of full forward passes.
 
-What is measured, for one sample on a tiny random-weight LLaVA (default: 8
-decoder layers, hidden 256, a 16 x 16 visual grid = 256 visual tokens, 2 x 2
-windows = 64 groups, all layers):
+What is measured, for one sample on a tiny random-weight checkpoint of a
+registered family (``--arch``, default LLaVA; 8 decoder layers, hidden 256, a
+16 x 16 visual grid = 256 visual tokens, 2 x 2 windows = 64 groups, all
+layers):
 
 * engine   -- ``clean_pass`` once, then every batch of ``run_ablations`` over
               all layer x group ablations (batch size chosen automatically,
@@ -26,7 +27,7 @@ ablations (max |diff| of log-softmax at the scored position must be < 1e-4).
 Targets (2-core CPU, default sizes): engine >= 4x faster than naive for
 ``remove`` and >= 15x for ``keep``.
 
-    .venv/bin/python analysis/bench_scan.py [--naive-limit 64]
+    .venv/bin/python analysis/bench_scan.py [--arch qwen2_5_vl] [--naive-limit 64]
 """
 
 from __future__ import annotations
@@ -45,26 +46,26 @@ import horizon
 from horizon.ablation import Ablation, clean_pass, ensure_maskable_attention, run_ablations
 from horizon.data import Sample
 from horizon.groups import tile
-from horizon.model import VisionLM
+from horizon.models import VisionLM
 from horizon.reference import deleted_logits, kept_index
 from horizon.scan import answer_ids_for, append_answer, encode_sample
-from horizon.tiny import build_tiny
+from horizon.testing import TINY_FAMILIES, build_tiny, image_size_for
 
 TOLERANCE = 1e-4
 N_CHECK = 6  # ablations per protocol compared against the naive result
 
 
 def build_model(root: Path, args: argparse.Namespace) -> VisionLM:
-    path = build_tiny(root / "model", arch="llava", layers=args.layers, hidden=args.hidden, heads=8, kv_heads=8,
+    path = build_tiny(root / "model", arch=TINY_FAMILIES[args.arch].arch, layers=args.layers, hidden=args.hidden, heads=8, kv_heads=8,
                       grid=(args.grid, args.grid), vocab=300)
     vlm = horizon.load(str(path), dtype=args.dtype, device="cpu")
     ensure_maskable_attention(vlm)
     return vlm
 
 
-def build_inputs(vlm: VisionLM, root: Path, side: int) -> tuple[dict[str, torch.Tensor], list[int]]:
+def build_inputs(vlm: VisionLM, root: Path, size: tuple[int, int]) -> tuple[dict[str, torch.Tensor], list[int]]:
     """One sample's teacher-forced inputs and scored positions, as scan_sample builds them."""
-    pixels = (np.random.default_rng(0).random((side, side, 3)) * 255).astype("uint8")
+    pixels = (np.random.default_rng(0).random((*size, 3)) * 255).astype("uint8")
     Image.fromarray(pixels).save(root / "image.png")
     sample = Sample("bench", root / "image.png", "what is the color of the shape?", ["red"])
     prompt_inputs, prompt = encode_sample(vlm, sample)
@@ -150,9 +151,11 @@ def check(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: list[int],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="llava", choices=sorted(TINY_FAMILIES),
+                        help="family (registered model type) of the tiny checkpoint (default: llava)")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--grid", type=int, default=16, help="visual-token grid side (image side = 8 x grid px)")
+    parser.add_argument("--grid", type=int, default=16, help="visual-token grid side (the image is sized to give it)")
     parser.add_argument("--group", type=int, default=2, help="window side k (k x k groups)")
     parser.add_argument("--naive-limit", type=int, default=None,
                         help="time only N naive ablations (evenly spaced) and extrapolate; default: all")
@@ -162,10 +165,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         root = Path(tmp)
         vlm = build_model(root, args)
-        inputs, scored = build_inputs(vlm, root, side=8 * args.grid)
+        inputs, scored = build_inputs(vlm, root, image_size_for(TINY_FAMILIES[args.arch].arch, (args.grid, args.grid)))
         abl = make_ablations(vlm, inputs, args.group)
         seq, n_groups = inputs["input_ids"].shape[1], len(abl["remove"]) // vlm.n_layers
-        print(f"llava tiny: {vlm.n_layers} layers, hidden {args.hidden}, {args.dtype}, seq {seq}, "
+        print(f"{args.arch} tiny: {vlm.n_layers} layers, hidden {args.hidden}, {args.dtype}, seq {seq}, "
               f"{args.grid}x{args.grid} visual grid, {n_groups} groups of {args.group}x{args.group}, "
               f"torch threads {torch.get_num_threads()}")
 

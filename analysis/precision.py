@@ -63,7 +63,7 @@ import pandas as pd
 import torch
 
 import horizon
-from horizon.adapters import Adapter
+from horizon.models import Adapter
 from horizon.tiny import build_tiny, write_tiny_dataset
 
 METRICS = ("dlogp", "dprob", "kl")
