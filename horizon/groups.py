@@ -5,6 +5,10 @@ by k gets smaller windows at its right and bottom edges. Window (r, c) of an
 image whose tokens start at sequence position `start` on a grid of width `w`
 covers positions ``start + (k*r + i) * w + (k*c + j)`` -- the convention of the
 paper's reference code (k = 2 on a 24 x 24 grid gives 144 windows).
+
+Some families put a separator after every row of patches (an ``image_newline``
+or ``[IMG_BREAK]`` token); their grids have a ``row_stride`` larger than the
+width, and the separators belong to no window.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ class ImageGrid:
     start: int
     height: int
     width: int
+    row_stride: int | None = None  # positions from one row's first patch to the next's; None: the width
 
     @property
     def size(self) -> int:
         return self.height * self.width
+
+    def position(self, row: int, col: int) -> int:
+        """Sequence position of the patch token at (row, col)."""
+        return self.start + row * (self.row_stride or self.width) + col
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ def tile(grids: list[ImageGrid], k: int) -> list[Group]:
         for r0 in range(0, grid.height, k):
             for c0 in range(0, grid.width, k):
                 positions = tuple(
-                    grid.start + r * grid.width + c
+                    grid.position(r, c)
                     for r in range(r0, min(r0 + k, grid.height))
                     for c in range(c0, min(c0 + k, grid.width))
                 )

@@ -55,3 +55,16 @@ def test_batch_plan_keeps_layers_apart_and_bounds_recompute():
     assert len(plan_batches(ablations, 8, seq, min_gap=32)) == 10 < len(plan_batches(ablations, 8, seq, min_gap=0))
     # without a sequence length only the size and layer bounds apply
     assert [len(b) for b in plan_batches(ablations, batch_size=16)] == [16, 16, 8, 16, 16, 8]
+
+
+def test_rows_with_a_separator_token_leave_it_out_of_every_window():
+    """A row stride of width + 1 (a newline / [IMG_BREAK] token after each row): windows skip the separators."""
+    from horizon.groups import ImageGrid, tile
+
+    grid = ImageGrid(start=10, height=3, width=4, row_stride=5)
+    separators = {10 + 5 * r + 4 for r in range(3)}
+    groups = tile([grid], 2)
+    covered = [p for g in groups for p in g.positions]
+    assert sorted(covered) == sorted(set(range(10, 10 + 15)) - separators)
+    assert groups[0].positions == (10, 11, 15, 16) and groups[-1].positions == (22, 23)
+    assert grid.position(2, 3) == 23
