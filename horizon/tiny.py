@@ -9,6 +9,7 @@ demo; the weights are random, so the *numbers* they produce mean nothing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,17 @@ QWEN_TEMPLATE = (
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+MISTRAL_SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+
+MISTRAL_TEMPLATE = (
+    "<s>{% for m in messages %}{% if m['role'] == 'user' %}[INST]"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}[IMG]{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}[/INST]"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}</s>"
+    "{% endif %}{% endfor %}"
 )
 
 
@@ -248,6 +260,48 @@ def build_qwen(spec: TinySpec, out: Path) -> Path:
     return out
 
 
+def build_mistral3(spec: TinySpec, out: Path) -> Path:
+    """Mistral 3: a Pixtral tower (2D RoPE), 2x2 patch merging, a Mistral decoder; [IMG_BREAK] after each row."""
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralVisionConfig,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=train_tokenizer(spec.corpus, MISTRAL_SPECIAL, spec.vocab, bos=None),
+        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+    )
+    patch, merge = spec.patch or 8, 2
+    longest = max(spec.grid) * patch * merge
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": longest}, patch_size={"height": patch, "width": patch})
+    vh = spec.vision_hidden
+    vision = PixtralVisionConfig(hidden_size=vh, intermediate_size=2 * vh, num_hidden_layers=spec.vision_layers,
+                                 num_attention_heads=max(2, vh // 16), image_size=longest, patch_size=patch,
+                                 head_dim=vh // max(2, vh // 16))
+    text = MistralConfig(**_text_config(spec, len(tok)), bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, sliding_window=None)
+    config = Mistral3Config(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+                            spatial_merge_size=merge, vision_feature_layer=-1)
+    torch.manual_seed(spec.seed)
+    model = Mistral3ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    # transformers' PixtralProcessor needs torchvision to be built, so save its parts and the
+    # processor_config.json it would write; horizon's adapter (or AutoProcessor, with torchvision) reassembles them
+    tok.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(MISTRAL_TEMPLATE)
+    (out / "processor_config.json").write_text(json.dumps({
+        "processor_class": "PixtralProcessor", "patch_size": patch, "spatial_merge_size": merge,
+        "image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"}, indent=2) + "\n")
+    return out
+
+
 def build_tiny(out: str | Path, spec: TinySpec | None = None, **overrides) -> Path:
     """Build and save a tiny checkpoint; returns its directory."""
     spec = spec or TinySpec()
@@ -259,6 +313,8 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None, **overrides) -> Pa
         return build_llava(spec, out)
     if spec.arch in ("qwen2_5_vl", "qwen2_vl"):
         return build_qwen(spec, out)
+    if spec.arch == "mistral3":
+        return build_mistral3(spec, out)
     raise ValueError(f"unknown tiny architecture {spec.arch!r}")
 
 

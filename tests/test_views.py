@@ -171,3 +171,19 @@ def test_qwen_processor_fallback_warning_is_one_clean_line(checkpoints, caplog):
     # no URL at all, so none can be cut off; the reason is a whole sentence
     assert "http" not in line and "://" not in line
     assert "Torchvision" in line and line.count("(") == line.count(")")
+
+
+@pytest.mark.parametrize("size", [(64, 48), (48, 48), (100, 70)])
+def test_mistral3_view_is_the_whole_image(models, size):
+    """Pixtral resizes the whole image (aspect kept) to multiples of the merged patch: no crop, no pad."""
+    vlm = models["mistral3"]
+    image = coordinate_image(*size)
+    enc = vlm.adapter.encode(vlm.processor, [image], vlm.adapter.prompt(vlm.processor, "what?"))
+    grid, = [(g.height, g.width) for g in vlm.adapter.grids(vlm.hf, enc)]
+    view = vlm.adapter.view(vlm.processor, size, grid)
+    assert view == (0, 0, *size)
+    pixels = unnormalise(enc["pixel_values"][0].numpy(), vlm.processor.image_processor)
+    h, w = enc["image_sizes"][0].tolist()
+    assert pixels.shape[1:] == (h, w) == (grid[0] * 16, grid[1] * 16)
+    # the resize may change the aspect ratio slightly (to whole patches): allow one original pixel
+    assert check_cells(pixels, view, grid, size, tol=1.0) == h * w

@@ -76,6 +76,8 @@ class Adapter:
     # a family with bidirectional image blocks or sliding windows must say so here and is refused until
     # the engine handles it (removal and prefix reuse depend on it).
     attention: str = "causal"
+    # Non-patch tokens after every row of an image's patches (Pixtral's [IMG_BREAK]); they join no window.
+    row_separators: int = 0
     # Methods a family must implement (the contract suite names the missing ones).
     required: tuple[str, ...] = ("visual_features_path", "grid_shapes")
 
@@ -249,14 +251,17 @@ class Adapter:
         visual = (ids == self.image_token_id(model)).nonzero().flatten().tolist()
         shapes = self.grid_shapes(model, inputs, max(1, len(visual)))
         grids, i = [], 0
+        stride_of = (lambda w: w + self.row_separators)
         for h, w in shapes:
             run = visual[i : i + h * w]
-            if len(run) != h * w or run != list(range(run[0], run[0] + h * w)):
+            expected = [run[0] + r * stride_of(w) + c for r in range(h) for c in range(w)] if run else []
+            if len(run) != h * w or run != expected:
+                layout = "row-major runs" + (f" with {self.row_separators} separator token(s) after each row"
+                                             if self.row_separators else ", contiguous")
                 raise HorizonError(
-                    f"{self.name}: cannot map the prompt's {len(visual)} image tokens onto "
-                    f"grids {shapes} (contiguous row-major runs expected)"
+                    f"{self.name}: cannot map the prompt's {len(visual)} image tokens onto grids {shapes} ({layout} expected)"
                 )
-            grids.append(ImageGrid(run[0], h, w))
+            grids.append(ImageGrid(run[0], h, w, stride_of(w) if self.row_separators else None))
             i += h * w
         if i != len(visual):
             raise HorizonError(f"{self.name}: {len(visual)} image tokens but grids {shapes} hold {i}")

@@ -31,6 +31,7 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     "llava": TinyFamily("llava", (5, 5)),
     "qwen2_5_vl": TinyFamily("qwen2_5_vl", (3, 5)),
     "qwen2_vl": TinyFamily("qwen2_vl", (3, 5)),
+    "mistral3": TinyFamily("mistral3", (3, 4)),
 }
 
 
@@ -41,5 +42,8 @@ def image_size_for(arch: str, grid: tuple[int, int], patch: int = 0) -> tuple[in
         return grid[0] * side, grid[1] * side
     if arch in ("qwen2_5_vl", "qwen2_vl"):
         side = (patch or 14) * 2  # 2x2 patch merging
+        return grid[0] * side, grid[1] * side
+    if arch == "mistral3":
+        side = (patch or 8) * 2  # 2x2 patch merging
         return grid[0] * side, grid[1] * side
     raise ValueError(f"no tiny image geometry for {arch!r}")
