@@ -245,6 +245,14 @@ class Adapter:
         """(rows, cols) of every image's token grid, in sequence order."""
         raise NotImplementedError(f"{type(self).__name__} must implement grid_shapes")
 
+    def visual_positions(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[int]:
+        """Sequence positions of the visual patch tokens, every image, in order: what is grouped and pruned.
+
+        Tokens inside an image's span that are not patches (row separators, a
+        learned newline) are left out: they carry no image region.
+        """
+        return sorted(g.position(r, c) for g in self.grids(model, inputs) for r in range(g.height) for c in range(g.width))
+
     def grids(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[ImageGrid]:
         """Token grid of every image, in sequence order."""
         ids = inputs["input_ids"][0]

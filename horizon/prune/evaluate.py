@@ -467,9 +467,12 @@ def _evaluate(vlm: VisionLM, sample: Sample, seed: int, cfg: PruneConfig, schedu
         inputs = encode_sample(vlm, sample)[0]
         encoded[sample.id] = (inputs, info.for_sample(sample.id, inputs["input_ids"]) if info else None)
     inputs, sample_info = encoded[sample.id]
-    n_visual = int((inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).sum())
-    if n_visual == 0:
+    if not (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).any():
         raise SampleError(sample.id, "the prompt holds no image tokens")
+    try:
+        n_visual = len(vlm.adapter.visual_positions(vlm.hf, inputs))
+    except HorizonError as exc:
+        raise SampleError(sample.id, str(exc)) from None
     try:
         schedule = schedules.for_sample(sample.task, n_visual)
     except HorizonError as exc:

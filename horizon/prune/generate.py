@@ -248,7 +248,7 @@ def generate(
     inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
     if inputs["input_ids"].shape[0] != 1:
         raise HorizonError("pruned generation runs one prompt at a time")
-    visual = (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).nonzero().flatten()
+    visual = torch.tensor(vlm.adapter.visual_positions(vlm.hf, inputs), dtype=torch.long, device=vlm.device)
     generator = torch.Generator().manual_seed(seed)
     state = _Pruning(vlm, schedule, visual, positions, generator, info)
 
