@@ -246,17 +246,22 @@ def build_qwen(spec: TinySpec, out: Path) -> Path:
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
+    # The transformers Qwen-VL processor cannot be built without torchvision, so its parts are saved;
+    # horizon's adapter reassembles them (or AutoProcessor does, where torchvision is installed).
+    return _save(model_cls, config, spec, out, tok, image_processor, QWEN_TEMPLATE)
+
+
+def _save(model_cls, config, spec: TinySpec, out: Path, tok, image_processor, template: str) -> Path:
+    """Instantiate the random-weight model (seeded), save it and the processor's parts: tokenizer, image
+    processor, chat template (for families whose transformers processor needs torchvision to be built)."""
     torch.manual_seed(spec.seed)
     model = model_cls(config)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
-    # The transformers Qwen-VL processor cannot be built without torchvision,
-    # so save its parts; horizon's adapter reassembles them (or AutoProcessor
-    # does, where torchvision is installed).
     tok.save_pretrained(out)
     image_processor.save_pretrained(out)
-    (out / "chat_template.jinja").write_text(QWEN_TEMPLATE)
+    (out / "chat_template.jinja").write_text(template)
     return out
 
 
@@ -286,16 +291,9 @@ def build_mistral3(spec: TinySpec, out: Path) -> Path:
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, sliding_window=None)
     config = Mistral3Config(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("[IMG]"),
                             spatial_merge_size=merge, vision_feature_layer=-1)
-    torch.manual_seed(spec.seed)
-    model = Mistral3ForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    # transformers' PixtralProcessor needs torchvision to be built, so save its parts and the
+    # transformers' PixtralProcessor needs torchvision to be built, so its parts are saved with the
     # processor_config.json it would write; horizon's adapter (or AutoProcessor, with torchvision) reassembles them
-    tok.save_pretrained(out)
-    image_processor.save_pretrained(out)
-    (out / "chat_template.jinja").write_text(MISTRAL_TEMPLATE)
+    _save(Mistral3ForConditionalGeneration, config, spec, out, tok, image_processor, MISTRAL_TEMPLATE)
     (out / "processor_config.json").write_text(json.dumps({
         "processor_class": "PixtralProcessor", "patch_size": patch, "spatial_merge_size": merge,
         "image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"}, indent=2) + "\n")

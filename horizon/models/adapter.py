@@ -76,6 +76,8 @@ class Adapter:
     # a family with bidirectional image blocks or sliding windows must say so here and is refused until
     # the engine handles it (removal and prefix reuse depend on it).
     attention: str = "causal"
+    # A horizon image-only processor (horizon.models.processors) for when transformers' needs torchvision.
+    image_only_processor: Any = None
     # Non-patch tokens after every row of an image's patches (Pixtral's [IMG_BREAK]); they join no window.
     row_separators: int = 0
     # Methods a family must implement (the contract suite names the missing ones).
@@ -211,9 +213,18 @@ class Adapter:
 
     # -- processing ------------------------------------------------------
     def load_processor(self, source: str, trust_remote_code: bool) -> Any:
+        """transformers' processor; where it cannot be built (no torchvision), the family's image-only one."""
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        try:
+            return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (AttributeError, ImportError, ValueError) as exc:
+            if self.image_only_processor is None:
+                raise
+            from .processors import fallback_warning
+
+            fallback_warning(self.name, exc)
+            return self.image_only_processor.from_pretrained(source, trust_remote_code)
 
     def prompt(self, processor: Any, question: str, n_images: int = 1) -> str:
         content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]

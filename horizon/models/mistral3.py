@@ -16,7 +16,7 @@ import torch
 
 from ..errors import HorizonError
 from .adapter import Adapter, register_adapter
-from .processors import ImageOnlyProcessor, fallback_warning
+from .processors import ImageOnlyProcessor
 
 
 @register_adapter
@@ -36,18 +36,7 @@ class Mistral3Adapter(Adapter):
         side = model.config.vision_config.patch_size * model.config.spatial_merge_size
         return [(int(h) // side, int(w) // side) for h, w in torch.as_tensor(sizes).tolist()]
 
-    def view(self, processor: Any, size: tuple[int, int], grid: tuple[int, int]) -> tuple[float, float, float, float]:
-        # the Pixtral processor resizes the whole image (no crop, no pad) to the grid's multiple of the patch
-        w, h = size
-        return (0.0, 0.0, float(w), float(h))
-
-    def load_processor(self, source: str, trust_remote_code: bool) -> Any:
-        try:
-            return super().load_processor(source, trust_remote_code)
-        except (AttributeError, ImportError, ValueError) as exc:
-            # transformers' PixtralProcessor requires torchvision; its PIL image processor does not
-            fallback_warning("mistral3", exc)
-            return PixtralImageProcessor.from_pretrained(source, trust_remote_code)
+    # view: the base class's whole image -- the processor resizes all of it (aspect kept) to whole merged patches
 
 
 class PixtralImageProcessor(ImageOnlyProcessor):
@@ -74,3 +63,7 @@ class PixtralImageProcessor(ImageOnlyProcessor):
             rows[-1] = rows[-1][: -len(brk)] + end
             texts.append("".join(rows))
         return texts
+
+
+# transformers' PixtralProcessor requires torchvision; its PIL image processor does not
+Mistral3Adapter.image_only_processor = PixtralImageProcessor

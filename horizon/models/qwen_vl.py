@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import HorizonError
 from .adapter import Adapter, register_adapter
-from .processors import ImageOnlyProcessor, fallback_warning
+from .processors import ImageOnlyProcessor
 
 
 @register_adapter
@@ -22,10 +22,7 @@ class QwenVLAdapter(Adapter):
     def visual_features_path(self) -> str:
         return "model.visual.merger"
 
-    def view(self, processor, size, grid):
-        # smart_resize scales the whole image to multiples of patch x merge: no crop, no pad
-        w, h = size
-        return (0.0, 0.0, float(w), float(h))
+    # view: the base class's whole image -- smart_resize scales all of it to multiples of patch x merge
 
     def grid_shapes(self, model, inputs, n_tokens):
         merge = model.config.vision_config.spatial_merge_size
@@ -36,14 +33,6 @@ class QwenVLAdapter(Adapter):
             shapes.append((h // merge, w // merge))
         return shapes
 
-    def load_processor(self, source, trust_remote_code):
-        try:
-            return super().load_processor(source, trust_remote_code)
-        except (AttributeError, ImportError, ValueError) as exc:
-            # transformers cannot build a Qwen-VL processor without torchvision
-            # (its video processor needs it). Images alone do not.
-            fallback_warning("qwen-vl", exc)
-            return QwenVLImageProcessor.from_pretrained(source, trust_remote_code)
 
 
 class QwenVLImageProcessor(ImageOnlyProcessor):
@@ -64,3 +53,7 @@ class QwenVLImageProcessor(ImageOnlyProcessor):
         image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         out["mm_token_type_ids"] = (out["input_ids"] == image_id).long()
         return out
+
+
+# transformers cannot build the Qwen-VL processor without torchvision (its video processor needs it); images alone do not
+QwenVLAdapter.image_only_processor = QwenVLImageProcessor
