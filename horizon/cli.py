@@ -7,7 +7,6 @@ never a traceback; completed samples stay on disk and `--resume` continues.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -52,15 +51,11 @@ def _scan(args: argparse.Namespace) -> int:
 
 def _device_map(text: str | None):
     """--device-map: a strategy name, or a JSON file mapping module names to devices."""
+    from .benchmarks.files import read_json
+
     if text is None or not text.endswith(".json"):
         return text
-    path = Path(text)
-    if not path.is_file():
-        raise HorizonError(f"--device-map {text}: file not found")
-    try:
-        mapping = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise HorizonError(f"--device-map {text}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    mapping = read_json(Path(text), "--device-map")
     if not isinstance(mapping, dict):
         raise HorizonError(f"--device-map {text}: expected a JSON object of module name -> device")
     return mapping

@@ -67,14 +67,17 @@ def head(path: Path, chars: int = HEAD_CHARS) -> str:
 
 
 def read_json(path: Path, flag: str) -> Any:
-    """A whole JSON document; ``flag`` (``--answers``, ``--data``) names the option in messages."""
+    """A whole JSON document; ``flag`` (``--answers``, ``--summary``, ...) names the option in messages."""
+    path = Path(path)
     if path.is_dir():
         raise HorizonError(f"{flag} {path}: is a folder, not a JSON file")
+    if not path.exists():
+        raise HorizonError(f"{flag} {path}: file not found")
     try:
         with path.open(encoding="utf-8") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
-        raise HorizonError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise HorizonError(f"{flag} {path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except UnicodeDecodeError:
         raise HorizonError(f"{path}: not a UTF-8 text file") from None
 

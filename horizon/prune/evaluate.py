@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..benchmarks import METRICS, EvalSet, Scoring, metric_choices, read_eval
+from ..benchmarks.files import read_json
 from ..data import Sample
 from ..decoding import DECODING_RULES, Decoding
 from ..errors import HorizonError, SampleError
@@ -108,18 +109,20 @@ def model_label(vlm: VisionLM) -> str:
 
 # -- schedules per sample ------------------------------------------------------
 
-def horizon_records(path: str | Path, model: str, metric: str) -> dict[str, Horizon]:
-    """task -> :class:`Horizon` of ``model`` and ``metric`` in a summary.json of `horizon analyze`; may be empty."""
+def summary_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a summary.json written by `horizon analyze`, checked."""
     path = Path(path)
-    if not path.is_file():
-        raise HorizonError(f"--summary {path}: file not found")
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise HorizonError(f"--summary {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    records = read_json(path, "--summary")
     if not isinstance(records, list) or not all(isinstance(r, dict) and {"model", "task", "metric", "horizon"} <= r.keys()
                                                 for r in records):
         raise HorizonError(f"--summary {path}: expected the summary.json list written by horizon analyze")
+    return records
+
+
+def horizon_records(path: str | Path, model: str, metric: str,
+                    records: list[dict[str, Any]] | None = None) -> dict[str, Horizon]:
+    """task -> :class:`Horizon` of ``model`` and ``metric`` in a summary.json of `horizon analyze`; may be empty."""
+    records = summary_records(path) if records is None else records
     try:
         return {str(r["task"]): Horizon.from_record(r) for r in records
                 if str(r["model"]) == model and r["metric"] == metric}
@@ -129,9 +132,9 @@ def horizon_records(path: str | Path, model: str, metric: str) -> dict[str, Hori
 
 def read_horizons(path: str | Path, model: str, metric: str) -> dict[str, Horizon]:
     """task -> :class:`Horizon` for ``model`` in a summary.json; an error when the model has none."""
-    found = horizon_records(path, model, metric)
+    records = summary_records(path)
+    found = horizon_records(path, model, metric, records)
     if not found:
-        records = json.loads(Path(path).read_text())
         models = sorted({str(r["model"]) for r in records})
         raise HorizonError(f"--summary {path}: no {metric!r} horizon for model {model!r}; it has models "
                            f"{', '.join(models)} (choose with --horizon-model)")
