@@ -265,13 +265,20 @@ class Adapter:
         return sorted(g.position(r, c) for g in self.grids(model, inputs) for r in range(g.height) for c in range(g.width))
 
     def grids(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[ImageGrid]:
-        """Token grid of every image, in sequence order."""
+        """Token grids of every image, in sequence order, each naming its image.
+
+        Default: one grid per image, shapes from :meth:`grid_shapes`, laid out
+        as row-major runs of the image token (with ``row_separators`` after
+        each row). Families whose images have several grids (base + high
+        resolution, tiles + thumbnail) override this and set each grid's
+        ``image``, ``level`` and ``region``.
+        """
         ids = inputs["input_ids"][0]
         visual = (ids == self.image_token_id(model)).nonzero().flatten().tolist()
         shapes = self.grid_shapes(model, inputs, max(1, len(visual)))
         grids, i = [], 0
         stride_of = (lambda w: w + self.row_separators)
-        for h, w in shapes:
+        for image, (h, w) in enumerate(shapes):
             run = visual[i : i + h * w]
             expected = [run[0] + r * stride_of(w) + c for r in range(h) for c in range(w)] if run else []
             if len(run) != h * w or run != expected:
@@ -280,7 +287,7 @@ class Adapter:
                 raise HorizonError(
                     f"{self.name}: cannot map the prompt's {len(visual)} image tokens onto grids {shapes} ({layout} expected)"
                 )
-            grids.append(ImageGrid(run[0], h, w, stride_of(w) if self.row_separators else None))
+            grids.append(ImageGrid(run[0], h, w, stride_of(w) if self.row_separators else None, image=image))
             i += h * w
         if i != len(visual):
             raise HorizonError(f"{self.name}: {len(visual)} image tokens but grids {shapes} hold {i}")
