@@ -531,17 +531,35 @@ def _load_image(path: Any, image_root: Path | None):
 
 
 def _image_specs(srow: pd.Series) -> list[dict[str, Any]]:
-    """Per image of a sample row: path, token grid (h, w) and view rectangle (None when the run has no record).
+    """Per image of a sample row: path and its grids, each with shape (h, w), view rectangle (None when the run
+    has no record), level and index among the sample's grids.
 
-    Runs written before several images and views were recorded have no ``images``
-    column: their one image is the ``image`` column, its grid ``grid_h`` x ``grid_w``.
+    Runs written before several grids per image were recorded have one grid per
+    image (its index is the image's); runs written before several images were
+    recorded have no ``images`` column: their one image is the ``image`` column,
+    its grid ``grid_h`` x ``grid_w``.
     """
     text = srow.get("images") if "images" in srow.index else None
     if isinstance(text, str) and text:
-        return [{"path": im.get("path"), "grid": tuple(int(x) for x in im["grid"]),
-                 "view": tuple(float(x) for x in im["view"]) if im.get("view") is not None else None}
-                for im in json.loads(text)]
-    return [{"path": srow.get("image"), "grid": (int(srow["grid_h"]), int(srow["grid_w"])), "view": None}]
+        specs = []
+        for i, im in enumerate(json.loads(text)):
+            entries = im.get("grids") or [{"grid": im["grid"], "view": im.get("view"), "level": "", "index": i}]
+            specs.append({"path": im.get("path"), "grids": [
+                {"grid": tuple(int(x) for x in e["grid"]), "level": e.get("level", ""), "index": int(e["index"]),
+                 "view": tuple(float(x) for x in e["view"]) if e.get("view") is not None else None}
+                for e in entries]})
+        return specs
+    grid = (int(srow["grid_h"]), int(srow["grid_w"]))
+    return [{"path": srow.get("image"), "grids": [{"grid": grid, "view": None, "level": "", "index": 0}]}]
+
+
+def _blocks(specs: list[dict[str, Any]]) -> list[tuple[int, str, list[dict[str, Any]]]]:
+    """(image, level, grids) per block of heatmap rows: an image's grids of one level (tiles) share axes."""
+    blocks = []
+    for i, spec in enumerate(specs):
+        levels = list(dict.fromkeys(g["level"] for g in spec["grids"]))
+        blocks += [(i, level, [g for g in spec["grids"] if g["level"] == level]) for level in levels]
+    return blocks
 
 
 def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.DataFrame, sample_id: Any,
@@ -558,8 +576,11 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
     and the title says the view is unknown. When the image is missing the
     heatmap is drawn alone and the title says so. A relative image path is
     tried as is and under `image_root`. Several images per sample give one
-    block of rows per image (one row for up to 4 layers); groups carry their
-    image in the groups table's ``image`` column (missing: image 0).
+    block of rows per image (one row for up to 4 layers), and an image with
+    grids of several levels (a base and a high-resolution grid, tiles and a
+    thumbnail) one block per level, the tiles of a level drawn each over its
+    own part of the image; groups carry their grid in the groups table's
+    ``grid`` column (missing: the image's one grid, ``image``, else 0).
     Writes ``token_heatmap_{metric}_{model}_{sample}`` (``_{model}`` only if given).
     """
     sc = _sample_scores(scores, sample_id, metric)
@@ -580,11 +601,13 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
     geo = groups[groups["sample_id"] == sample_id]
     if geo.empty:
         raise ValueError(f"sample {sample_id!r} has no rows in the groups table")
-    on_image = geo["image"].fillna(0).astype(int) if "image" in geo.columns else pd.Series(0, index=geo.index)
+    on_grid = geo["grid"].fillna(0).astype(int) if "grid" in geo.columns else (
+        geo["image"].fillna(0).astype(int) if "image" in geo.columns else pd.Series(0, index=geo.index))
     per_layer = {layer: sc[sc["layer"] == layer].groupby("group")["value"].mean() for layer in layers}
-    grids = {(i, layer): _window_grid(per_layer[layer], geo[on_image == i], *spec["grid"], k)
-             for i, spec in enumerate(specs) for layer in layers}
-    finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
+    blocks = _blocks(specs)
+    painted = {(g["index"], layer): _window_grid(per_layer[layer], geo[on_grid == g["index"]], *g["grid"], k)
+               for _, _, grids in blocks for g in grids for layer in layers}
+    finite = np.concatenate([g[np.isfinite(g)] for g in painted.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if vmax <= vmin:
         vmin, vmax = vmin - 0.5, vmax + 0.5
@@ -592,36 +615,42 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
 
     n, n_images = len(layers), len(specs)
     ncols, block = min(n, 4), math.ceil(n / 4)
-    nrows = block * n_images
+    nrows = block * len(blocks)
     with _style(), sns.axes_style("white"):
         fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 1.0, 3.0 * nrows + 0.7), dpi=DPI,
                                  layout="constrained", squeeze=False)
         try:
             mappable, used = None, []
-            for i, (spec, image) in enumerate(zip(specs, pictures)):
-                grid_h, grid_w = spec["grid"]
+            for b, (i, level, grids) in enumerate(blocks):
+                image = pictures[i]
                 if image is not None:
                     h_px, w_px = image.shape[:2]
                     frame = (0, w_px, h_px, 0)
-                    view = spec["view"]
-                    # the grid spans the view (it may reach past a padded image); axes stay on the image
-                    extent = (view[0], view[2], view[3], view[1]) if view is not None else frame
+                    # each grid spans its view (it may reach past a padded image); axes stay on the image
+                    extents = [(g["view"][0], g["view"][2], g["view"][3], g["view"][1]) if g["view"] is not None
+                               else frame for g in grids]
                     xlabel, ylabel = "image x (px)", "image y (px)"
                 else:
-                    frame = extent = (0, grid_w, grid_h, 0)
+                    # no image: the grids side by side in token units
+                    offsets = np.cumsum([0] + [g["grid"][1] for g in grids])
+                    extents = [(o, o + g["grid"][1], g["grid"][0], 0) for o, g in zip(offsets, grids)]
+                    frame = (0, int(offsets[-1]), max(g["grid"][0] for g in grids), 0)
                     xlabel, ylabel = "token column", "token row"
-                block_axes = list(axes[i * block:(i + 1) * block].flat)
+                block_axes = list(axes[b * block:(b + 1) * block].flat)
+                where = " ".join(x for x in (f"image {i + 1}" if n_images > 1 else "", level) if x)
                 for j, (ax, layer) in enumerate(zip(block_axes, layers)):
                     if image is not None:
                         ax.imshow(image, extent=frame, interpolation="bilinear")
-                    mappable = ax.imshow(grids[i, layer], extent=extent, cmap=CMAP, vmin=vmin, vmax=vmax,
-                                         alpha=0.6 if image is not None else 1.0, interpolation="nearest")
+                    for g, extent in zip(grids, extents):
+                        mappable = ax.imshow(painted[g["index"], layer], extent=extent, cmap=CMAP, vmin=vmin,
+                                             vmax=vmax, alpha=0.6 if image is not None else 1.0,
+                                             interpolation="nearest")
                     ax.set_xlim(frame[0], frame[1])
                     ax.set_ylim(frame[2], frame[3])
                     ax.set_aspect("equal")  # tokens are square patches
-                    ax.set_title(f"image {i + 1}, layer {layer}" if n_images > 1 else f"layer {layer}")
+                    ax.set_title(f"{where}, layer {layer}" if where else f"layer {layer}")
                     ax.tick_params(labelsize="x-small")
-                    # axis labels on the outer panels of the image's block only
+                    # axis labels on the outer panels of the block only
                     if j % ncols == 0:
                         ax.set_ylabel(ylabel)
                     else:
@@ -639,7 +668,8 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
             which = (lambda i: f"image {i + 1} " if n_images > 1 else "")
             notes = [f"({which(i)}image not found: heatmap only)" for i, im in enumerate(pictures) if im is None]
             notes += [f"({which(i)}view unknown: grid stretched over the whole image)"
-                      for i, (spec, im) in enumerate(zip(specs, pictures)) if im is not None and spec["view"] is None]
+                      for i, (spec, im) in enumerate(zip(specs, pictures))
+                      if im is not None and any(g["view"] is None for g in spec["grids"])]
             note = "".join("\n" + x for x in notes)
             _suptitle(fig, f"{who}{metric} per {k}×{k} window, sample {sample_id}{task}{note}")
             name = "_".join(["token_heatmap", _slug(metric)] + ([_slug(model)] if model else []) + [_slug(sample_id)])

@@ -120,15 +120,25 @@ def encode_sample(vlm: VisionLM, sample: Sample) -> tuple[dict[str, torch.Tensor
 
 
 def image_records(vlm: VisionLM, sample: Sample, grids: list[ImageGrid]) -> list[dict[str, Any]]:
-    """Per image: path, original size [W, H], token grid [h, w] and the view rectangle the grid spans."""
-    if len(grids) != len(sample.images):
-        raise SampleError(sample.id, f"{len(sample.images)} images but the prompt holds {len(grids)} image grids")
+    """Per image: path, original size [W, H], its token grids and the view rectangle each spans.
+
+    ``grid`` and ``view`` are the image's first grid's (the only one for most
+    families); ``grids`` lists every grid of the image with its ``level`` and
+    its index among the sample's grids (the groups table's ``grid`` column).
+    """
+    owners = [i if g.image is None else g.image for i, g in enumerate(grids)]
+    if sorted(set(owners)) != list(range(len(sample.images))):
+        raise SampleError(sample.id, f"{len(sample.images)} images but the prompt's image grids belong to "
+                                     f"{len(set(owners))} images")
     records = []
-    for path, grid in zip(sample.images, grids):
+    for image, path in enumerate(sample.images):
         size = sample.image_size(path)
-        view = vlm.adapter.view(vlm.processor, size, (grid.height, grid.width))
-        records.append({"path": str(path), "size": list(size), "grid": [grid.height, grid.width],
-                        "view": [float(v) for v in view]})
+        mine = [(i, g) for i, g in enumerate(grids) if owners[i] == image]
+        views = vlm.adapter.grid_views(vlm.processor, size, [g for _, g in mine])
+        entries = [{"grid": [g.height, g.width], "view": [float(v) for v in view], "level": g.level, "index": i}
+                   for (i, g), view in zip(mine, views)]
+        records.append({"path": str(path), "size": list(size), "grid": entries[0]["grid"],
+                        "view": entries[0]["view"], "grids": entries})
     return records
 
 
@@ -334,6 +344,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
         "col": [g.col for g in groups],
         "positions": [list(g.positions) for g in groups],
         "image": np.asarray([g.image for g in groups], dtype=np.int64),
+        "grid": np.asarray([g.grid for g in groups], dtype=np.int64),
     })
     row = {
         "sample_id": sample.id, "task": sample.task, "question": sample.question, "answer": sample.answer,

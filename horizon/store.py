@@ -25,7 +25,7 @@ SAMPLE_COLUMNS = [
 FLOOR_METHOD = ("largest over the samples of: the |score| of null ablations (one per scanned layer: remove nothing, or "
                 "keep nothing against the keep baseline) run in the same batches as the real ablations, and how far "
                 "each real ablation's score moves when both distributions' logits move by +-4 eps max|logit|")
-GROUP_COLUMNS = ["sample_id", "group", "row", "col", "positions", "image"]
+GROUP_COLUMNS = ["sample_id", "group", "row", "col", "positions", "image", "grid"]
 SCORE_COLUMNS = ["sample_id", "layer", "group", "metric", "value"]
 
 # Keys of run.json that define the results; a resume must match them all.
@@ -159,9 +159,12 @@ def merge_floor(floor: dict[str, float], sample_floor: str | None) -> None:
 
 
 def with_image_column(groups: pd.DataFrame) -> pd.DataFrame:
-    """Groups of runs written before several images per sample were supported: all on image 0."""
+    """Groups of runs written before several images (all on image 0) or several grids per image (one grid
+    per image, so the grid is the image) were supported."""
     if "image" not in groups.columns:
         groups = groups.assign(image=0)
+    if "grid" not in groups.columns:
+        groups = groups.assign(grid=groups["image"])
     return groups
 
 

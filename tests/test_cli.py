@@ -48,7 +48,7 @@ def test_run_directory_matches_schema(checkpoints, dataset, tmp_path):
                 "clean_pred": "string", "status": "string", "floor": "string", "images": "string"}
     assert {f.name: str(f.type).replace("large_", "").replace("item", "element") for f in samples} == expected
     groups = pq.read_table(out / "groups.parquet").schema
-    assert [f.name for f in groups] == ["sample_id", "group", "row", "col", "positions", "image"]
+    assert [f.name for f in groups] == ["sample_id", "group", "row", "col", "positions", "image", "grid"]
     part = pq.read_table(next((out / "scores").glob("*.parquet"))).schema
     assert [(f.name, str(f.type).replace("large_", "")) for f in part] == [
         ("sample_id", "string"), ("layer", "int64"), ("group", "int64"), ("metric", "string"), ("value", "float")]
@@ -56,9 +56,10 @@ def test_run_directory_matches_schema(checkpoints, dataset, tmp_path):
     assert len(run["scores"]) == 2 * 3 * 6 * 3  # samples x layers x groups (3x5 grid, k=2: 2x3 windows) x metrics
     assert run["samples"].grid_h.tolist() == [3, 3] and run["samples"].grid_w.tolist() == [5, 5]
     for row in run["samples"].itertuples():  # one image of 140 x 84 px, seen whole by Qwen-VL
-        assert json.loads(row.images) == [{"path": row.image, "size": [140, 84], "grid": [3, 5],
-                                           "view": [0.0, 0.0, 140.0, 84.0]}]
-    assert (run["groups"].image == 0).all()
+        view = [0.0, 0.0, 140.0, 84.0]
+        assert json.loads(row.images) == [{"path": row.image, "size": [140, 84], "grid": [3, 5], "view": view,
+                                           "grids": [{"grid": [3, 5], "view": view, "level": "", "index": 0}]}]
+    assert (run["groups"].image == 0).all() and (run["groups"].grid == 0).all()
 
 
 def _rows(path: Path) -> int:

@@ -81,7 +81,7 @@ def test_scores_equal_physical_deletion(models, dataset, name, protocol, k):
         scored = list(range(start - 1 + row.scored_offset, start - 1 + len(row.answer_ids)))
         groups = tile(vlm.adapter.grids(vlm.hf, inputs), k)
         visual = [p for g in groups for p in g.positions]
-        assert row.n_visual == len(visual) == row.grid_h * row.grid_w
+        assert row.n_visual == len(visual) == sum(g.size for g in vlm.adapter.grids(vlm.hf, inputs))
         with torch.no_grad():
             logp = torch.log_softmax(vlm.hf(**inputs).logits[0, scored].double(), -1).numpy()
         # first and last visual token's groups, one from the middle, and a ragged edge window
@@ -135,7 +135,7 @@ def test_scan_returns_schema_frames_in_memory(models, dataset):
     assert set(result.scores.layer) == {0, 2}
     assert list(result.scores.columns) == ["sample_id", "layer", "group", "metric", "value"]
     assert len(result.scores) == 2 * 2 * 9
-    assert list(result.groups.columns) == ["sample_id", "group", "row", "col", "positions", "image"]
+    assert list(result.groups.columns) == ["sample_id", "group", "row", "col", "positions", "image", "grid"]
     assert (result.groups.image == 0).all()  # one image per sample
     assert (result.samples.status == "ok").all()
 

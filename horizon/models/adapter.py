@@ -252,6 +252,20 @@ class Adapter:
         w, h = size
         return (0.0, 0.0, float(w), float(h))
 
+    def grid_views(self, processor: Any, size: tuple[int, int],
+                   grids: list[ImageGrid]) -> list[tuple[float, float, float, float]]:
+        """View rectangle of each of one image's grids: its ``region`` of the family's :meth:`view`.
+
+        A tile covering the fractions (fx0, fy0, fx1, fy1) of the processed
+        image spans that part of the rectangle the whole processed image spans.
+        """
+        rects = []
+        for g in grids:
+            x0, y0, x1, y1 = self.view(processor, size, (g.height, g.width))
+            fx0, fy0, fx1, fy1 = g.region
+            rects.append((x0 + fx0 * (x1 - x0), y0 + fy0 * (y1 - y0), x0 + fx1 * (x1 - x0), y0 + fy1 * (y1 - y0)))
+        return rects
+
     def grid_shapes(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
         """(rows, cols) of every image's token grid, in sequence order."""
         raise NotImplementedError(f"{type(self).__name__} must implement grid_shapes")
