@@ -68,3 +68,29 @@ def test_rows_with_a_separator_token_leave_it_out_of_every_window():
     assert sorted(covered) == sorted(set(range(10, 10 + 15)) - separators)
     assert groups[0].positions == (10, 11, 15, 16) and groups[-1].positions == (22, 23)
     assert grid.position(2, 3) == 23
+
+
+def test_several_grids_of_one_image_keep_their_windows_apart():
+    # one image as two 3 x 3 tiles and a 2 x 2 thumbnail, a second image with one grid
+    grids = [ImageGrid(0, 3, 3, image=0, level="tiles"), ImageGrid(9, 3, 3, image=0, level="tiles"),
+             ImageGrid(20, 2, 2, image=0, level="thumbnail"), ImageGrid(30, 1, 2, image=1)]
+    groups = tile(grids, 2)
+    assert [g.grid for g in groups] == [0] * 4 + [1] * 4 + [2] + [3]
+    assert [g.image for g in groups] == [0] * 9 + [1]
+    for g in groups:  # a window's positions all lie on its own grid
+        grid = grids[g.grid]
+        assert all(grid.start <= p < grid.start + grid.size for p in g.positions)
+    assert groups[3].positions == (8,) and groups[4].positions == (9, 10, 12, 13)  # tile edge: ragged, then a fresh tile
+
+
+def test_grid_views_map_regions_into_the_family_view():
+    from horizon.models.adapter import Adapter
+
+    class Cropping(Adapter):  # a family whose processor shows the model x 10..90 of a 100 x 50 image
+        def view(self, processor, size, grid):
+            return (10.0, 0.0, 90.0, 50.0)
+
+    grids = [ImageGrid(0, 2, 2, region=(0.0, 0.0, 0.5, 1.0)), ImageGrid(4, 2, 2, region=(0.5, 0.0, 1.0, 1.0)),
+             ImageGrid(8, 2, 2)]
+    assert Cropping().grid_views(None, (100, 50), grids) == [(10.0, 0.0, 50.0, 50.0), (50.0, 0.0, 90.0, 50.0),
+                                                             (10.0, 0.0, 90.0, 50.0)]

@@ -432,3 +432,47 @@ def test_token_heatmaps_one_row_per_image_over_each_view(tmp_path):
 def test_token_heatmaps_of_old_runs_say_the_view_is_unknown(made):
     fig = made["figs"]["token_heatmap_kl_org_toy_model_s0"]  # make_run has no images column: stretched grid
     assert "(view unknown: grid stretched over the whole image)" in " ".join(fig.get_suptitle().split())
+
+
+def test_token_heatmaps_tiles_and_thumbnail(tmp_path):
+    """One 64 x 32 image seen as two 2 x 2 tiles (left, right half) and a 2 x 2 thumbnail of the whole:
+    one block per level, each tile painted over its own half, windows found by their grid."""
+    import json
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(path)
+    grids = [{"grid": [2, 2], "view": [0.0, 0.0, 32.0, 32.0], "level": "tiles", "index": 0},
+             {"grid": [2, 2], "view": [32.0, 0.0, 64.0, 32.0], "level": "tiles", "index": 1},
+             {"grid": [2, 2], "view": [0.0, 0.0, 64.0, 32.0], "level": "thumbnail", "index": 2}]
+    images = [{"path": str(path), "size": [64, 32], "grid": [2, 2], "view": grids[0]["view"], "grids": grids}]
+    samples = pd.DataFrame({"sample_id": ["t"], "task": ["x"], "image": [str(path)], "grid_h": [2], "grid_w": [2],
+                            "status": ["ok"], "images": [json.dumps(images)]})
+    # k = 1: windows are cells; group g on grid g // 4, cell (g % 4) // 2, g % 2, value g + 1
+    groups = pd.DataFrame([{"sample_id": "t", "group": g, "row": (g % 4) // 2, "col": g % 2, "positions": [g],
+                            "image": 0, "grid": g // 4} for g in range(12)])
+    scores = pd.DataFrame([{"sample_id": "t", "layer": 0, "group": g, "metric": "kl", "value": float(g + 1)}
+                           for g in range(12)])
+    with pytest.MonkeyPatch.context() as mp:
+        spy = Spy(mp)
+        plots.plot_token_heatmaps(scores, groups, samples, "t", [0], "kl", 1, tmp_path)
+    fig = spy.figs["token_heatmap_kl_t"]
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["tiles, layer 0", "thumbnail, layer 0"]
+    photo, left, right = panels[0].get_images()
+    assert photo.get_extent() == pytest.approx([0, 64, 32, 0])
+    assert left.get_extent() == pytest.approx([0, 32, 32, 0]) and right.get_extent() == pytest.approx([32, 64, 32, 0])
+    assert np.asarray(left.get_array()) == pytest.approx(np.array([[1, 2], [3, 4]]))
+    assert np.asarray(right.get_array()) == pytest.approx(np.array([[5, 6], [7, 8]]))
+    thumb = panels[1].get_images()[1]
+    assert thumb.get_extent() == pytest.approx([0, 64, 32, 0])
+    assert np.asarray(thumb.get_array()) == pytest.approx(np.array([[9, 10], [11, 12]]))
+    assert left.get_clim() == thumb.get_clim() == pytest.approx((1.0, 12.0))  # one colour scale for every grid
+
+
+def test_groups_of_runs_without_a_grid_column_lie_on_their_image(tmp_path):
+    from horizon.store import with_image_column
+
+    old = pd.DataFrame({"sample_id": ["a", "a"], "group": [0, 1], "row": [0, 0], "col": [0, 1],
+                        "positions": [[1], [2]], "image": [0, 1]})
+    assert with_image_column(old).grid.tolist() == [0, 1]
+    assert with_image_column(old.drop(columns="image")).grid.tolist() == [0, 0]
