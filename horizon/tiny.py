@@ -313,6 +313,10 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None, **overrides) -> Pa
         return build_qwen(spec, out)
     if spec.arch == "mistral3":
         return build_mistral3(spec, out)
+    from .testing.families import BUILDERS
+
+    if spec.arch in BUILDERS:
+        return BUILDERS[spec.arch](out, layers=spec.layers, hidden=spec.hidden, seed=spec.seed)
     raise ValueError(f"unknown tiny architecture {spec.arch!r}")
 
 

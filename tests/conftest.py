@@ -17,12 +17,11 @@ from PIL import Image
 
 import horizon
 from horizon.models import supported_model_types
-from horizon.testing import TINY_FAMILIES, build_tiny, image_size_for
+from horizon.testing import TINY_FAMILIES, build_tiny
 
 # Every registered family, built as horizon.testing describes it: (arch, grid, image size in pixels that
 # yields that grid). The contract tests run over all of them; the feature tests use llava and qwen2_5_vl.
-FAMILIES = {name: dict(arch=f.arch, grid=f.grid, image=image_size_for(f.arch, f.grid))
-            for name, f in TINY_FAMILIES.items()}
+FAMILIES = {name: dict(arch=f.arch, grid=f.grid, image=f.image_size) for name, f in TINY_FAMILIES.items()}
 CONTRACT = sorted(supported_model_types())  # one entry per registered adapter model type
 ARCHS = {name: FAMILIES[name] for name in ("llava", "qwen2_5_vl")}
 

@@ -26,6 +26,7 @@ def offloading_map(vlm) -> dict[str, str]:
     """Every top-level module on the CPU except every other decoder layer, the final norm and (untied) head: on disk."""
     lm_path = vlm.adapter.language_model_path()
     mapping = {f"model.{name}": "cpu" for name, _ in vlm.hf.model.named_children() if f"model.{name}" != lm_path}
+    mapping |= {f"model.{name}": "cpu" for name, _ in vlm.hf.model.named_parameters(recurse=False)}  # image_newline
     for name, _ in vlm.language_model.named_children():
         if name != "layers":
             mapping[f"{lm_path}.{name}"] = "disk" if vlm.language_model.get_submodule(name) is vlm.adapter.final_norm(

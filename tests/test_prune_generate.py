@@ -34,7 +34,8 @@ def prompt_inputs(vlm, path):
 
 
 def n_visual(vlm, inputs) -> int:
-    return int((inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).sum())
+    """Visual patch tokens: separators and newlines written with the image token id are not patches."""
+    return len(vlm.adapter.visual_positions(vlm.hf, inputs))
 
 
 def masked_removal_logits(vlm, inputs, removed_from: dict[int, list[int]]) -> torch.Tensor:
@@ -93,7 +94,7 @@ def test_prefill_pruning_equals_engine_and_mask_removal(models, dataset, name):
     inputs = prompt_inputs(vlm, dataset(name, 1))
     nv = n_visual(vlm, inputs)
     seq = inputs["input_ids"].shape[1]
-    visual = (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).nonzero().flatten().tolist()
+    visual = vlm.adapter.visual_positions(vlm.hf, inputs)
     clean = clean_pass(vlm, inputs, [seq - 1])
     for layer in range(vlm.n_layers):
         sched = parse_schedule(f"random@{layer}:{nv // 3}", vlm.n_layers, nv)
@@ -225,7 +226,7 @@ def reference_inputs(vlm, inputs, stage_layer):
 
 
 def image_span(vlm, inputs) -> tuple[int, int]:
-    visual = (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).nonzero().flatten().tolist()
+    visual = vlm.adapter.visual_positions(vlm.hf, inputs)
     assert visual == list(range(visual[0], visual[0] + len(visual)))
     return visual[0], len(visual)
 

@@ -84,3 +84,25 @@ class ImageOnlyProcessor:
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
+
+
+def without_video(processor_class: str) -> Any:
+    """transformers' own ``processor_class`` for images only: built from the checkpoint's image processor and
+    tokenizer, its video processor (which needs torchvision) left out.
+
+    Every image is expanded by transformers' own code, so nothing about the
+    image tokens is re-implemented; only video inputs are unavailable.
+    """
+
+    class ImageOnly:
+        @staticmethod
+        def from_pretrained(source: str, trust_remote_code: bool = False) -> Any:
+            import transformers
+
+            base = getattr(transformers, processor_class)
+            cls = type(f"{processor_class}ImageOnly", (base,),
+                       {"get_attributes": classmethod(lambda c: ["image_processor", "tokenizer"])})
+            return cls.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    ImageOnly.__name__ = f"{processor_class}ImageOnly"
+    return ImageOnly

@@ -24,7 +24,14 @@ class TinyFamily:
     """How the contract suite builds one family: the builder's arch and the visual grid of one image."""
 
     arch: str
-    grid: tuple[int, int]  # (rows, cols) of one image's visual tokens; odd sizes give ragged 2x2 edge windows
+    grid: tuple[int, int]  # (rows, cols) of one image's (first) visual grid; odd sizes give ragged 2x2 edge windows
+    # (height, width) in pixels of the contract suite's images where the grid alone does not fix it (families
+    # with several grids per image: chosen to give several tiles); None: image_size_for(arch, grid)
+    image: tuple[int, int] | None = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.image or image_size_for(self.arch, self.grid)
 
 
 TINY_FAMILIES: dict[str, TinyFamily] = {
@@ -32,6 +39,9 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     "qwen2_5_vl": TinyFamily("qwen2_5_vl", (3, 5)),
     "qwen2_vl": TinyFamily("qwen2_vl", (3, 5)),
     "mistral3": TinyFamily("mistral3", (3, 4)),
+    # a 4 x 4 base grid, then a 2 x 8 high-res grid (two tiles side by side, unpadded top and bottom)
+    "llava_next": TinyFamily("llava_next", (4, 4), image=(40, 120)),
+    "llava_onevision": TinyFamily("llava_onevision", (4, 4), image=(40, 120)),
 }
 
 

@@ -1,0 +1,193 @@
+"""LLaVA-NeXT (1.6) and LLaVA-OneVision: a low-resolution base grid plus a high-resolution "anyres" grid.
+
+Each image becomes one unbroken run of the image token. First the base grid:
+the whole image squashed to the vision tower's square input, ``side x side``
+features (``side = image_size / patch_size``). Then the high-resolution grid:
+the image resized (aspect kept) to fit the best of ``image_grid_pinpoints``,
+padded to it, cut into tower-sized tiles whose features are stitched into one
+grid, from which the padding rows (or columns) are removed again ("unpad").
+After every row of that grid sits the learned ``image_newline`` embedding,
+written with the same image token id: it is not a patch of the image, so it
+belongs to no window and is never pruned as a visual token (the high-res grid
+has ``row_stride = width + 1``). OneVision shrinks a high-res grid holding
+more than ``anyres_max_N`` tiles' worth of features by bilinear interpolation
+(the grid is the shrunk one), and for prompts with several images uses the
+base grid alone followed by one newline.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..errors import HorizonError
+from ..groups import ImageGrid
+from .adapter import Adapter, register_adapter
+from .processors import without_video
+
+
+def _best_resolution(size_hw: tuple[int, int], pinpoints: list[list[int]]) -> tuple[int, int]:
+    """The pinpoint (height, width) transformers picks for an image of ``size_hw``: most effective pixels, then
+    least waste (``select_best_resolution``)."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    return tuple(int(x) for x in select_best_resolution(list(size_hw), pinpoints))
+
+
+def _fitted(size_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int]:
+    """Size (h, w) of the image resized, aspect kept, to fit ``target_hw`` (transformers' ``get_patch_output_size``)."""
+    (h, w), (th, tw) = size_hw, target_hw
+    if tw / w < th / h:
+        return min(math.ceil(h * tw / w), th), tw
+    return th, min(math.ceil(w * th / h), tw)
+
+
+@register_adapter
+class LlavaNextAdapter(Adapter):
+    """LLaVA-NeXT: CLIP tower (CLS dropped), anyres high-res grid with a newline after each row."""
+
+    name = "llava-next"
+    model_types = ("llava_next",)
+    answer_separator = " "
+    high_res_level = "high-res"
+
+    def visual_features_path(self) -> str:
+        return "model.multi_modal_projector"
+
+    # -- geometry --------------------------------------------------------
+    def _side(self, model: torch.nn.Module) -> int:
+        vc = model.config.vision_config
+        return vc.image_size // vc.patch_size
+
+    def high_res_shape(self, config: Any, size_hw: tuple[int, int]) -> tuple[int, int, int]:
+        """(rows, cols, pad) of an image's high-res grid; ``pad`` feature rows (or columns, when the image is
+        taller than its canvas is wide) were unpadded from each side of the stitched tile features."""
+        vc = config.vision_config
+        side = vc.image_size // vc.patch_size
+        best_h, best_w = _best_resolution(size_hw, config.image_grid_pinpoints)
+        rows, cols = best_h // vc.image_size * side, best_w // vc.image_size * side
+        h, w = size_hw
+        if w / h > cols / rows:  # wider than the canvas: padding rows above and below
+            new = int(round(h * (cols / w), 7))
+            pad = (rows - new) // 2
+            return rows - 2 * pad, cols, pad
+        new = int(round(w * (rows / h), 7))
+        pad = (cols - new) // 2
+        return rows, cols - 2 * pad, pad
+
+    def final_high_res_shape(self, config: Any, size_hw: tuple[int, int]) -> tuple[int, int]:
+        rows, cols, _ = self.high_res_shape(config, size_hw)
+        return rows, cols
+
+    def uses_high_res(self, n_images: int) -> bool:
+        return True
+
+    def grid_shapes(self, model, inputs, n_tokens):
+        return [(g.height, g.width) for g in self.grids(model, inputs)]
+
+    def grids(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[ImageGrid]:
+        cfg = model.config
+        strategy = getattr(cfg, "vision_feature_select_strategy", "default")
+        if strategy not in ("default", "full"):
+            raise HorizonError(f"{self.name}: vision_feature_select_strategy {strategy!r} does not map onto a grid")
+        ids = inputs["input_ids"][0]
+        visual = (ids == self.image_token_id(model)).nonzero().flatten().tolist()
+        sizes = inputs.get("image_sizes")
+        if sizes is None:
+            raise HorizonError(f"{self.name}: the processor output has no image_sizes to read the grids from")
+        sizes = [tuple(int(x) for x in s) for s in torch.as_tensor(sizes).tolist()]
+        side = self._side(model)
+        high_res = self.uses_high_res(len(sizes))
+        grids, at = [], 0  # at: index into ``visual`` of the image's first token
+        for image, size_hw in enumerate(sizes):
+            start = visual[at] if at < len(visual) else -1
+            image_grids = [ImageGrid(start, side, side, image=image, level="base")]
+            n = side * side
+            if high_res:
+                rows, cols = self.final_high_res_shape(cfg, size_hw)
+                image_grids.append(ImageGrid(start + n, rows, cols, cols + 1, image=image, level=self.high_res_level,
+                                             region=self.high_res_region(cfg, size_hw)))
+                n += rows * (cols + 1)
+            else:
+                n += 1  # one newline after the base grid
+            run = visual[at : at + n]
+            if len(run) != n or run != list(range(start, start + n)):
+                raise HorizonError(f"{self.name}: image {image} ({size_hw[1]}x{size_hw[0]} px) should give one run of "
+                                   f"{n} image tokens, the prompt has {len(run)} there")
+            grids += image_grids
+            at += n
+        if at != len(visual):
+            raise HorizonError(f"{self.name}: {len(visual)} image tokens but the images' grids hold {at}")
+        return grids
+
+    def high_res_region(self, config: Any, size_hw: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Fractions (x0, y0, x1, y1) of the image that the high-res grid covers.
+
+        The canvas of the best pinpoint holds the image resized to fit, centred;
+        the grid covers the canvas minus the unpadded feature rows (or columns),
+        one feature per ``patch_size`` canvas pixels, mapped back through that
+        resize -- a hair past the image where rounding leaves a sliver of padding.
+        """
+        vc = config.vision_config
+        h, w = size_hw
+        best_h, best_w = _best_resolution(size_hw, config.image_grid_pinpoints)
+        new_h, new_w = _fitted(size_hw, (best_h, best_w))
+        paste_y, paste_x = (best_h - new_h) // 2, (best_w - new_w) // 2
+        rows, cols, pad = self.high_res_shape(config, size_hw)
+        px = vc.image_size / (vc.image_size // vc.patch_size)  # canvas pixels per feature
+        y0, y1, x0, x1 = 0.0, float(best_h), 0.0, float(best_w)
+        full_rows = best_h // vc.image_size * (vc.image_size // vc.patch_size)
+        if rows != full_rows:  # rows were unpadded
+            y0, y1 = pad * px, best_h - pad * px
+        else:
+            x0, x1 = pad * px, best_w - pad * px
+        return ((x0 - paste_x) / new_w, (y0 - paste_y) / new_h, (x1 - paste_x) / new_w, (y1 - paste_y) / new_h)
+
+    def view(self, processor, size, grid):
+        """The whole image: the base image is squashed onto the tower's square, and the high-res grid's
+        ``region`` (set by :meth:`grids`) is relative to the whole image. Refuses processors that crop tiles."""
+        ip = getattr(processor, "image_processor", processor)
+
+        def setting(name: str) -> dict[str, int]:
+            value = getattr(ip, name, None)
+            items = value.items() if isinstance(value, dict) else vars(value).items() if value is not None else ()
+            return {k: int(v) for k, v in items if v is not None}
+
+        size_cfg = setting("size")
+        side = size_cfg.get("shortest_edge") or size_cfg.get("height")
+        if not side or size_cfg.get("width", side) != side:
+            raise HorizonError(f"{self.name}: cannot map the grids of an image processor with size={size_cfg}")
+        crop = setting("crop_size")
+        if getattr(ip, "do_center_crop", False) and crop and (crop.get("height"), crop.get("width")) != (side, side):
+            raise HorizonError(f"{self.name}: cannot map the grids of an image processor that crops its {side}px "
+                               f"tiles to {crop}")
+        w, h = size
+        return (0.0, 0.0, float(w), float(h))
+
+
+@register_adapter
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    """LLaVA-OneVision: SigLIP tower (all features), Qwen2 decoder, ``anyres_max_N`` shrink, base grid only for
+    prompts with several images."""
+
+    name = "llava-onevision"
+    model_types = ("llava_onevision",)
+    answer_separator = ""
+
+    def final_high_res_shape(self, config: Any, size_hw: tuple[int, int]) -> tuple[int, int]:
+        rows, cols, _ = self.high_res_shape(config, size_hw)
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        limit = int(str(getattr(config, "vision_aspect_ratio", "anyres_max_9")).removeprefix("anyres_max_"))
+        ratio = math.sqrt(rows * cols / (limit * side**2))
+        if ratio > 1.1:  # the model interpolates the grid down (bilinear), as transformers does
+            return int(rows // ratio), int(cols // ratio)
+        return rows, cols
+
+    def uses_high_res(self, n_images: int) -> bool:
+        return n_images == 1  # several images per prompt: each is its base grid and one newline
+
+
+# transformers builds LlavaOnevisionProcessor only with torchvision (for its video processor); images do not need it
+LlavaOnevisionAdapter.image_only_processor = without_video("LlavaOnevisionProcessor")

@@ -1,0 +1,333 @@
+"""Tiny random-weight checkpoints of the families beyond LLaVA-1.5, Qwen2/2.5-VL and Mistral 3.
+
+Like :mod:`horizon.tiny` (whose ``build_tiny`` dispatches here), each builder instantiates the REAL transformers
+config, ``...ForConditionalGeneration`` and (PIL) image-processor classes with
+tiny shapes (2-3 decoder layers, hidden 64, a 2-layer vision tower, images of
+a few dozen pixels), trains a small BPE tokenizer on the spot with the special
+tokens and chat template the family's processor expects, and saves everything
+with ``save_pretrained`` (safetensors), so loading goes through the code path
+a hub checkpoint takes. Weights are random and seeded: the numbers mean
+nothing, the geometry (image-token spans, tiles, grids, masks) is real.
+
+Families, keyed by transformers ``model_type``: see :data:`BUILDERS`.
+
+Processors whose class also holds a video processor (LLaVA-OneVision,
+Qwen3-VL, InternVL, SmolVLM) cannot be instantiated without torchvision, and
+SmolVLM's needs ``num2words`` as well; for those the parts are saved
+(tokenizer with its extra special tokens, PIL image processor, chat template,
+plus ``processor_config.json`` with the processor's own arguments) so that
+``AutoProcessor`` rebuilds them where those packages exist and the family's
+adapter reassembles them here (image-only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from horizon.tiny import CORPUS, train_tokenizer
+
+
+EXTRA_CORPUS = [
+    "<|im_start|>user <|im_end|> <|im_start|>assistant",
+    "User: Assistant: [INST] [/INST] <start_of_turn>user <end_of_turn> <start_of_turn>model",
+]
+
+# ---------------------------------------------------------------- chat templates
+
+
+def _content_template(image: str, text_item: str = "{{ c['text'] }}") -> str:
+    return (
+        "{% for c in m['content'] %}{% if c['type'] == 'image' %}" + image
+        + "{% elif c['type'] == 'text' %}" + text_item + "{% endif %}{% endfor %}"
+    )
+
+
+LLAVA_NEXT_TEMPLATE = (  # llava-v1.6-vicuna style
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: " + _content_template("<image>\n") + " "
+    "{% else %}ASSISTANT: " + _content_template("") + "</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+CHATML_IMAGE_TEMPLATE = (  # llava-onevision-qwen2 style
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n" + _content_template("<image>\n") + "<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN3_VL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    + _content_template("<|vision_start|><|image_pad|><|vision_end|>") + "<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+INTERNVL_TEMPLATE = (  # InternVL3-hf: the processor expands <IMG_CONTEXT> into <img>...</img>
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n" + _content_template("<IMG_CONTEXT>\n") + "<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# <bos> comes from the tokenizer, not the template; the processor expands <start_of_image> into
+# \n\n<start_of_image><image_soft_token>*N<end_of_image>\n\n
+GEMMA3_TEMPLATE = (
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    + _content_template("<start_of_image>") + "<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+IDEFICS3_TEMPLATE = (  # Idefics3 / SmolVLM: the processor expands <image> into tiles with row/col markers
+    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:"
+    + _content_template("<image>") + "<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _tokenizer(special: list[str], template: str, vocab: int = 400, bos: str | None = None, add_bos: bool = True,
+               **tokens):
+    """A ``PreTrainedTokenizerFast`` over a BPE trained here; ``tokens`` are its named special tokens.
+
+    Keys other than bos/eos/unk/pad/sep/cls/mask go to ``extra_special_tokens`` (so that e.g.
+    ``tok.image_token`` and ``tok.image_token_id`` exist, as on the hub tokenizers).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    core = {k: v for k, v in tokens.items() if k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    extra = {k: v for k, v in tokens.items() if k not in core}
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=train_tokenizer(list(CORPUS) + EXTRA_CORPUS, special, vocab,
+                                         bos=bos if add_bos else None),
+        extra_special_tokens=extra,
+        chat_template=template,
+        **core,
+    )
+    return tok
+
+
+def _text(hidden: int = 64, layers: int = 3, heads: int = 4, kv: int = 2, **kw) -> dict:
+    return dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096, **kw)
+
+
+def _ids(tok, **kw) -> dict:
+    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id} | kw
+
+
+def _save(model_cls, config, tok, out: Path, seed: int, processor=None, parts=(), processor_config=None) -> Path:
+    """Instantiate ``model_cls(config)`` seeded, save it with the processor (or its parts)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    if processor is not None:
+        processor.save_pretrained(out)
+    else:
+        tok.save_pretrained(out)
+        for part in parts:
+            part.save_pretrained(out)
+        if tok.chat_template:
+            (out / "chat_template.jinja").write_text(tok.chat_template)
+        if processor_config is not None:  # the layout ProcessorMixin.save_pretrained writes
+            nested = {"image_processor": json.loads(parts[0].to_json_string())} if parts else {}
+            (out / "processor_config.json").write_text(json.dumps(nested | processor_config, indent=2) + "\n")
+    return out
+
+
+# ---------------------------------------------------------------- builders
+
+
+def build_llava_next(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 8, side: int = 32,
+                     seed: int = 0) -> Path:
+    """LLaVA-NeXT (1.6): CLIP tower (+CLS), anyres tiles, ``image_newline`` after every unpadded row."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextProcessor)
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = _tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], LLAVA_NEXT_TEMPLATE, bos="<s>",
+                     bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", image_token="<image>")
+    pinpoints = [[side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+    ip = LlavaNextImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                    image_grid_pinpoints=pinpoints)
+    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=patch,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=LLAVA_NEXT_TEMPLATE)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=side, patch_size=patch)
+    text = LlamaConfig(**_text(hidden, layers), vocab_size=len(tok), **_ids(tok))
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=tok.image_token_id,
+                             image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default", image_seq_length=(side // patch) ** 2)
+    return _save(LlavaNextForConditionalGeneration, config, tok, out, seed, processor=proc)
+
+
+def build_llava_onevision(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 8, side: int = 32,
+                          seed: int = 0) -> Path:
+    """LLaVA-OneVision: SigLIP tower (no CLS, ``full`` features), anyres_max_9 tiles, Qwen2 decoder."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
+                              SiglipVisionConfig)
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil)
+
+    tok = _tokenizer(["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+                     CHATML_IMAGE_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+                     image_token="<image>", video_token="<video>")
+    pinpoints = [[side, side], [side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+    ip = LlavaOnevisionImageProcessorPil(size={"height": side, "width": side}, image_grid_pinpoints=pinpoints)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=side, patch_size=patch)
+    text = Qwen2Config(**_text(hidden, layers), vocab_size=len(tok), **_ids(tok))
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=tok.image_token_id,
+                                  video_token_index=tok.video_token_id, image_grid_pinpoints=pinpoints,
+                                  vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                  vision_aspect_ratio="anyres_max_9")
+    pcfg = {"processor_class": "LlavaOnevisionProcessor", "num_image_tokens": (side // patch) ** 2,
+            "vision_feature_select_strategy": "full", "vision_aspect_ratio": "anyres_max_9",
+            "image_token": "<image>", "video_token": "<video>"}
+    return _save(LlavaOnevisionForConditionalGeneration, config, tok, out, seed, parts=[ip], processor_config=pcfg)
+
+
+def build_qwen3_vl(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 16, seed: int = 0,
+                   deepstack: tuple[int, ...] = (0, 1)) -> Path:
+    """Qwen3-VL: interleaved M-RoPE, DeepStack (vision layers ``deepstack`` feed decoder layers 0..k-1)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    names = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+             "<|image_pad|>", "<|video_pad|>"]
+    tok = _tokenizer(names, QWEN3_VL_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+                     image_token="<|image_pad|>", video_token="<|video_pad|>", vision_start_token="<|vision_start|>",
+                     vision_end_token="<|vision_end|>")
+    merge = 2
+    ip = Qwen2VLImageProcessorPil(min_pixels=(patch * merge) ** 2 * 4, max_pixels=(patch * merge) ** 2 * 16,
+                                  patch_size=patch, merge_size=merge, temporal_patch_size=2)
+    heads = 4
+    head_dim = hidden // heads  # 16 -> 8 rotary frequencies: T/H/W sections 4/2/2, interleaved
+    text = _text(hidden, layers, heads) | dict(
+        head_dim=head_dim, vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2],
+                         "mrope_interleaved": True})
+    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=patch,
+                  spatial_merge_size=merge, temporal_patch_size=2, out_hidden_size=hidden,
+                  num_position_embeddings=64, deepstack_visual_indexes=list(deepstack))
+    ids = {t: tok.convert_tokens_to_ids(t) for t in names}
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"])
+    pcfg = {"processor_class": "Qwen3VLProcessor"}
+    return _save(Qwen3VLForConditionalGeneration, config, tok, out, seed, parts=[ip], processor_config=pcfg)
+
+
+def build_internvl(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 8, side: int = 64,
+                   max_tiles: int = 4, seed: int = 0) -> Path:
+    """InternVL (3-hf): InternViT tower, pixel-shuffle 0.5, dynamic tiles + thumbnail, Qwen2 decoder."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    names = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
+             "<video>"]
+    tok = _tokenizer(names, INTERNVL_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+                     start_image_token="<img>", end_image_token="</img>", context_image_token="<IMG_CONTEXT>",
+                     video_token="<video>")
+    ip = GotOcr2ImageProcessorPil(size={"height": side, "width": side}, crop_to_patches=True, min_patches=1,
+                                  max_patches=max_tiles)
+    seq = (side // patch) ** 2 // 4  # downsample_ratio 0.5 -> a quarter of the patches
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=[side, side], patch_size=[patch, patch])
+    text = Qwen2Config(**_text(hidden, layers), vocab_size=len(tok), **_ids(tok))
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.context_image_token_id,
+                            image_seq_length=seq, downsample_ratio=0.5, vision_feature_layer=-1,
+                            vision_feature_select_strategy="default")
+    pcfg = {"processor_class": "InternVLProcessor", "image_seq_length": seq}
+    return _save(InternVLForConditionalGeneration, config, tok, out, seed, parts=[ip], processor_config=pcfg)
+
+
+def build_gemma3(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 4, side: int = 32,
+                 tokens_per_image: int = 16, sliding_window: int = 16, seed: int = 0) -> Path:
+    """Gemma3: SigLIP tower avg-pooled to ``tokens_per_image``, bidirectional image spans, sliding layers."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, SiglipVisionConfig
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    names = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+             "<end_of_image>", "<image_soft_token>"]
+    tok = _tokenizer(names, GEMMA3_TEMPLATE, bos="<bos>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                     pad_token="<pad>", boi_token="<start_of_image>", eoi_token="<end_of_image>",
+                     image_token="<image_soft_token>")
+    ip = Gemma3ImageProcessorPil(size={"height": side, "width": side})
+    proc = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_TEMPLATE,
+                           image_seq_length=tokens_per_image)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=side, patch_size=patch, vision_use_head=False)
+    heads = 4
+    text = dict(_text(hidden, layers, heads), head_dim=hidden // heads, query_pre_attn_scalar=hidden // heads,
+                vocab_size=len(tok), sliding_window=sliding_window,
+                layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"], **_ids(tok))
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image,
+                          boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id,
+                          image_token_index=tok.image_token_id)
+    return _save(Gemma3ForConditionalGeneration, config, tok, out, seed, processor=proc)
+
+
+IDEFICS3_SPECIAL = (["<unk>", "<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
+                     "<image>", "<global-img>"]
+                    + [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)])
+
+
+def _build_idefics3_like(out: Path, smol: bool, layers: int, hidden: int, patch: int, side: int, scale: int,
+                         seed: int) -> Path:
+    import transformers
+    from transformers import LlamaConfig
+
+    prefix = "SmolVLM" if smol else "Idefics3"
+    if smol:
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil as IP
+    else:
+        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as IP
+    extra = dict(fake_image_token="<fake_token_around_image>", image_token="<image>",
+                 end_of_utterance_token="<end_of_utterance>", global_image_token="<global-img>")
+    special = IDEFICS3_SPECIAL + (["<video>"] if smol else [])
+    if smol:
+        extra["video_token"] = "<video>"
+    tok = _tokenizer(special, IDEFICS3_TEMPLATE, eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
+                     unk_token="<unk>", **extra)
+    ip = IP(size={"longest_edge": 2 * side}, max_image_size={"longest_edge": side}, do_image_splitting=True)
+    seq = (side // patch) ** 2 // scale ** 2
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=side,
+                  patch_size=patch)
+    text = LlamaConfig(**_text(hidden, layers), vocab_size=len(tok), **_ids(tok))
+    config = getattr(transformers, f"{prefix}Config")(vision_config=vision, text_config=text,
+                                                      image_token_id=tok.image_token_id, scale_factor=scale)
+    model_cls = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    if smol:  # SmolVLMProcessor needs num2words and a (torchvision) video processor: save the parts
+        return _save(model_cls, config, tok, out, seed, parts=[ip],
+                     processor_config={"processor_class": "SmolVLMProcessor", "image_seq_len": seq})
+    proc = transformers.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=seq,
+                                          chat_template=IDEFICS3_TEMPLATE)
+    return _save(model_cls, config, tok, out, seed, processor=proc)
+
+
+def build_idefics3(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 4, side: int = 32, scale: int = 2,
+                   seed: int = 0) -> Path:
+    """Idefics3: SigLIP-like tower, pixel-shuffle ``scale``, image split into tiles of ``side`` + a global image."""
+    return _build_idefics3_like(out, False, layers, hidden, patch, side, scale, seed)
+
+
+def build_smolvlm(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 4, side: int = 32, scale: int = 2,
+                  seed: int = 0) -> Path:
+    """SmolVLM: Idefics3's geometry with SmolVLM classes."""
+    return _build_idefics3_like(out, True, layers, hidden, patch, side, scale, seed)
+
+
+BUILDERS = {
+    "llava_next": build_llava_next,
+    "llava_onevision": build_llava_onevision,
+    "qwen3_vl": build_qwen3_vl,
+    "internvl": build_internvl,
+    "gemma3": build_gemma3,
+    "idefics3": build_idefics3,
+    "smolvlm": build_smolvlm,
+}
