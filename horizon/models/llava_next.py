@@ -99,7 +99,8 @@ class LlavaNextAdapter(Adapter):
             raise HorizonError(f"{self.name}: the processor output has no image_sizes to read the grids from")
         sizes = [tuple(int(x) for x in s) for s in torch.as_tensor(sizes).tolist()]
         side = self._side(model)
-        high_res = self.uses_high_res(len(sizes))
+        per_prompt = inputs.get("batch_num_images")
+        high_res = self.uses_high_res(int(per_prompt[0]) if per_prompt is not None else len(sizes))
         grids, at = [], 0  # at: index into ``visual`` of the image's first token
         for image, size_hw in enumerate(sizes):
             start = visual[at] if at < len(visual) else -1
@@ -187,6 +188,11 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     def uses_high_res(self, n_images: int) -> bool:
         return n_images == 1  # several images per prompt: each is its base grid and one newline
+
+    def encode(self, processor, images, prompt):
+        """The images as one prompt's list: OneVision's processor (and model) treat a flat list as one image per
+        prompt and give every image its high-res grid; one prompt with several images gets base grids only."""
+        return dict(processor(images=[images], text=[prompt], return_tensors="pt"))
 
 
 # transformers builds LlavaOnevisionProcessor only with torchvision (for its video processor); images do not need it
