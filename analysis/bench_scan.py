@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--grid", type=int, default=16, help="visual-token grid side (the image is sized to give it)")
+    parser.add_argument("--image", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="image size in pixels for families with several grids per image (default: the "
+                             "contract suite's image of the family)")
     parser.add_argument("--group", type=int, default=2, help="window side k (k x k groups)")
     parser.add_argument("--naive-limit", type=int, default=None,
                         help="time only N naive ablations (evenly spaced) and extrapolate; default: all")
@@ -165,11 +168,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         root = Path(tmp)
         vlm = build_model(root, args)
-        inputs, scored = build_inputs(vlm, root, image_size_for(TINY_FAMILIES[args.arch].arch, (args.grid, args.grid)))
+        family = TINY_FAMILIES[args.arch]
+        # families with one grid per image get an image sized for --grid; the others their contract image (--image)
+        size = (tuple(args.image) if args.image else family.image) or image_size_for(family.arch, (args.grid, args.grid))
+        inputs, scored = build_inputs(vlm, root, size)
         abl = make_ablations(vlm, inputs, args.group)
         seq, n_groups = inputs["input_ids"].shape[1], len(abl["remove"]) // vlm.n_layers
+        grids = " + ".join(f"{g.height}x{g.width}" for g in vlm.adapter.grids(vlm.hf, inputs))
         print(f"{args.arch} tiny: {vlm.n_layers} layers, hidden {args.hidden}, {args.dtype}, seq {seq}, "
-              f"{args.grid}x{args.grid} visual grid, {n_groups} groups of {args.group}x{args.group}, "
+              f"{grids} visual grid(s), {n_groups} groups of {args.group}x{args.group}, "
               f"torch threads {torch.get_num_threads()}")
 
         # warm-up: each path once
