@@ -19,7 +19,7 @@ engine does -- it never computes what cannot change:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import nnsight
@@ -67,6 +67,7 @@ class CleanPass:
     logits: torch.Tensor  # (1, S, V) full clean logits, as the model computes them
     scored: list[int]  # positions whose next-token distribution is scored
     scored_logits: torch.Tensor  # (m, V) float32 logits at the scored positions (float32 norm and head)
+    extras: dict = field(default_factory=dict)  # family-specific inputs of the decoder stack (Adapter.clean_extras)
 
     @property
     def seq_len(self) -> int:
@@ -124,6 +125,7 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
         logits=output.logits,
         scored=scored,
         scored_logits=vlm.adapter.scored_logits(vlm.language_model, vlm.lm_head, final[0, scored]),
+        extras=vlm.adapter.clean_extras(lm_kwargs),
     )
 
 
@@ -230,7 +232,8 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
         cache = vlm.adapter.make_cache([None] * layer + [prefix_kv(j) for j in range(layer, last)]) if prefix else None
         lm = vlm.lm_envoy
         with lm.trace(inputs_embeds=hidden, position_ids=position_ids, attention_mask=mask,
-                      **vlm.adapter.cache_kwargs(vlm.language_model, cache)) as tracer:
+                      **vlm.adapter.cache_kwargs(vlm.language_model, cache),
+                      **vlm.adapter.ablated_lm_kwargs(clean.extras, index, valid, layer)) as tracer:
             layers = vlm.adapter.decoder_layers(lm)
             vlm.adapter.rotary_module(lm).skip(rotary)  # the clean pass computed every position's rotary embedding
             for skipped in layers[:layer]:

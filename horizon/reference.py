@@ -57,11 +57,26 @@ def deleted_logits(
 
     hooks = [layers[layer].register_forward_pre_hook(first, with_kwargs=True)]
     hooks += [layers[j].register_forward_pre_hook(later, with_kwargs=True) for j in range(layer + 1, len(layers))]
+    lm = vlm.language_model
+    deepstack = getattr(lm, "_deepstack_process", None)
+    if deepstack is not None:
+        # Qwen3-VL adds features to the visual positions after its first layers; once positions are deleted,
+        # only the remaining visual positions receive theirs
+        def remaining_only(hidden_states, visual_pos_masks, visual_embeds):
+            if visual_pos_masks.shape[-1] != hidden_states.shape[1]:
+                mask = visual_pos_masks[0].to(keep.device)
+                visual_embeds = visual_embeds[(torch.cumsum(mask.long(), 0) - 1)[keep[mask[keep]]]]
+                visual_pos_masks = mask[keep][None]
+            return deepstack(hidden_states, visual_pos_masks, visual_embeds)
+
+        lm._deepstack_process = remaining_only
     try:
         return vlm.hf(**inputs, use_cache=False).logits
     finally:
         for hook in hooks:
             hook.remove()
+        if deepstack is not None:
+            del lm._deepstack_process
 
 
 def kept_index(seq_len: int, removed: Sequence[int], position: int) -> int:

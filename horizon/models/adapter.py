@@ -135,7 +135,10 @@ class Adapter:
         device = execution_device(attn.k_proj)  # the layer's own device under a device map
         x = layer.input_layernorm(hidden.to(device))
         shape = (*x.shape[:-1], -1, attn.head_dim)
-        keys = attn.k_proj(x).view(shape).transpose(1, 2)
+        keys = attn.k_proj(x).view(shape)
+        if getattr(attn, "k_norm", None) is not None:  # Qwen3 / Gemma 3: RMSNorm over each head's keys before RoPE
+            keys = attn.k_norm(keys)
+        keys = keys.transpose(1, 2)
         values = attn.v_proj(x).view(shape).transpose(1, 2)
         cos, sin = (t.to(device) for t in position_embeddings)
         _, keys = self.apply_rotary(keys, keys, cos, sin)
@@ -154,12 +157,37 @@ class Adapter:
         attn = layer.self_attn
         keys, _ = self.key_values(layer, hidden, position_embeddings)  # (1, kv_heads, n, hd)
         x = layer.input_layernorm(hidden[:, -1:].to(keys.device))
-        query = attn.q_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # (1, heads, 1, hd)
+        query = attn.q_proj(x).view(1, 1, -1, attn.head_dim)
+        if getattr(attn, "q_norm", None) is not None:
+            query = attn.q_norm(query)
+        query = query.transpose(1, 2)  # (1, heads, 1, hd)
         cos, sin = (t.to(keys.device) for t in position_embeddings)
         query, _ = self.apply_rotary(query, query, cos[:, -1:], sin[:, -1:])
         keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # grouped-query heads
         scores = (query.float() @ keys.float().transpose(-1, -2)) * attn.scaling
         return torch.softmax(scores, dim=-1)[0, :, 0]
+
+    # -- per-position inputs of the decoder stack ------------------------
+    def clean_extras(self, lm_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What an ablated pass needs from the language model's clean-pass keyword arguments besides hidden
+        states, positions and masks (Qwen3-VL: the DeepStack visual features and where they go). Default: none."""
+        return {}
+
+    def ablated_lm_kwargs(self, extras: dict[str, Any], index: torch.Tensor, valid: torch.Tensor,
+                          layer: int) -> dict[str, Any]:
+        """Extra keyword arguments of the language model for an ablated pass that starts at ``layer``.
+
+        ``index`` (B, n) holds the original position of each recomputed row
+        (left padding repeats a position and is marked False in ``valid``);
+        removed positions are absent. Default: none.
+        """
+        return {}
+
+    def restricted_to_present(self, language_model: torch.nn.Module, present: Any) -> contextlib.AbstractContextManager:
+        """Within the block, per-position inputs the decoder stack applies between layers follow the positions
+        that pruning left: ``present()`` gives the original positions of the current hidden state. Default:
+        the stack has none."""
+        return contextlib.nullcontext()
 
     # -- caches ----------------------------------------------------------
     def cache_keyword(self, module: torch.nn.Module) -> str:

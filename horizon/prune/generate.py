@@ -256,7 +256,8 @@ def generate(
     state.install(state.prefill)
     try:
         # Only the last position's logits are needed (as in transformers' generate).
-        out = vlm.hf(**inputs, use_cache=use_cache, logits_to_keep=1)
+        with vlm.adapter.restricted_to_present(vlm.language_model, lambda: state.present):
+            out = vlm.hf(**inputs, use_cache=use_cache, logits_to_keep=1)
     finally:
         state.remove()
         grab.remove()
@@ -323,6 +324,7 @@ def _uncached_step(vlm: VisionLM, inputs: dict[str, torch.Tensor], tokens: list[
     replay = _Pruning(vlm, schedule, visual, positions, torch.Generator(), None, replay=kept)
     replay.install(replay.prefill)
     try:
-        return vlm.hf(**full, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+        with vlm.adapter.restricted_to_present(vlm.language_model, lambda: replay.present):
+            return vlm.hf(**full, use_cache=False, logits_to_keep=1).logits[0, -1].float()
     finally:
         replay.remove()

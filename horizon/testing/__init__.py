@@ -42,6 +42,7 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     # a 4 x 4 base grid, then a 2 x 8 high-res grid (two tiles side by side, unpadded top and bottom)
     "llava_next": TinyFamily("llava_next", (4, 4), image=(40, 120)),
     "llava_onevision": TinyFamily("llava_onevision", (4, 4), image=(40, 120)),
+    "qwen3_vl": TinyFamily("qwen3_vl", (3, 5)),
 }
 
 
@@ -50,8 +51,8 @@ def image_size_for(arch: str, grid: tuple[int, int], patch: int = 0) -> tuple[in
     if arch == "llava":
         side = patch or 8
         return grid[0] * side, grid[1] * side
-    if arch in ("qwen2_5_vl", "qwen2_vl"):
-        side = (patch or 14) * 2  # 2x2 patch merging
+    if arch in ("qwen2_5_vl", "qwen2_vl", "qwen3_vl"):
+        side = (patch or (16 if arch == "qwen3_vl" else 14)) * 2  # 2x2 patch merging
         return grid[0] * side, grid[1] * side
     if arch == "mistral3":
         side = (patch or 8) * 2  # 2x2 patch merging

@@ -191,8 +191,9 @@ def build_llava_onevision(out: Path, *, layers: int = 3, hidden: int = 64, patch
 
 
 def build_qwen3_vl(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 16, seed: int = 0,
-                   deepstack: tuple[int, ...] = (0, 1)) -> Path:
-    """Qwen3-VL: interleaved M-RoPE, DeepStack (vision layers ``deepstack`` feed decoder layers 0..k-1)."""
+                   deepstack: tuple[int, ...] = (0, 1, 2)) -> Path:
+    """Qwen3-VL: interleaved M-RoPE, DeepStack (vision layers ``deepstack`` feed decoder layers 0..k-1: by
+    default every decoder layer of the 3-layer checkpoint, so first, middle and last layers all get features)."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
