@@ -123,7 +123,7 @@ class Idefics3Adapter(Adapter):
             grids.append(ImageGrid(start, side, side, image=image, level="thumbnail"))
             tiles, image = [], image + 1
         if tiles:
-            raise HorizonError(f"{self.name}: {len(tiles)} tiles after the last <global-img> image")
+            raise HorizonError(f"{self.name}: {len(tiles)} tiles with no <global-img> image after them")
         return grids
 
     # view: the base class's whole image -- the tiled canvas and the global image both stretch the whole image;
