@@ -126,25 +126,35 @@ def test_markers_that_do_not_form_a_grid_are_refused(models):
         Idefics3Adapter().grids(vlm.hf, enc)
 
 
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("sizes", [[(48, 24)], [(60, 60), (24, 48)], [(20, 20)]])
-def test_smolvlm_image_only_processor_expands_as_transformers(checkpoints, models, sizes):
+def test_smolvlm_image_only_processor_expands_as_transformers(checkpoints, models, sizes, split):
     """Idefics3Processor (buildable here) over SmolVLM's image processor and tokenizer gives the same inputs;
-    the text is also SmolVLM's own get_image_prompt_string per image."""
+    the text is also SmolVLM's own get_image_prompt_string per image. Unsplit: only global images."""
     from transformers import AutoTokenizer, Idefics3Processor
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
     from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
     vlm = models["smolvlm"]
     assert isinstance(vlm.processor, SmolVLMImageProcessor) and isinstance(vlm.adapter, SmolVLMAdapter)
+    processor = vlm.processor
+    if not split:
+        ip = SmolVLMImageProcessorPil(size={"longest_edge": 2 * TILE}, max_image_size={"longest_edge": TILE},
+                                      do_image_splitting=False)
+        processor = SmolVLMImageProcessor(vlm.tokenizer, ip, processor.chat_template, "<image>", processor.config)
     images = [coordinate_image(*s) for s in sizes]
-    prompt = vlm.adapter.prompt(vlm.processor, "what?", len(images))
-    enc = vlm.adapter.encode(vlm.processor, images, prompt)
+    prompt = vlm.adapter.prompt(processor, "what?", len(images))
+    enc = vlm.adapter.encode(processor, images, prompt)
     tok = AutoTokenizer.from_pretrained(checkpoints["smolvlm"])  # Idefics3Processor adds tokens to its tokenizer
-    reference = Idefics3Processor(image_processor=vlm.processor.image_processor, tokenizer=tok, image_seq_len=9)
+    reference = Idefics3Processor(image_processor=processor.image_processor, tokenizer=tok, image_seq_len=9)
     want = reference(images=images, text=prompt, return_tensors="pt")
     assert set(enc) == set(want)
     for key in want:
         assert torch.equal(enc[key], want[key]), key
-    info = vlm.processor.image_processor(images=images, return_row_col_info=True)
+    grids = vlm.adapter.grids(vlm.hf, enc)
+    assert [g.level for g in grids].count("thumbnail") == len(images)
+    assert ("tiles" in [g.level for g in grids]) == split
+    info = processor.image_processor(images=images, return_row_col_info=True)
     pieces = prompt.split("<image>")
     text = pieces[0] + "".join(get_image_prompt_string(r, c, 9, "<fake_token_around_image>", "<image>", "<global-img>")
                                + rest for r, c, rest in zip(info["rows"][0], info["cols"][0], pieces[1:]))
