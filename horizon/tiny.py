@@ -61,9 +61,10 @@ MISTRAL_TEMPLATE = (
 
 @dataclass
 class TinySpec:
-    """Shape of a tiny checkpoint. ``grid`` is the visual-token grid (rows, cols)."""
+    """Shape of a tiny checkpoint. ``grid`` is the visual-token grid (rows, cols); for the tiling families
+    (internvl, idefics3, smolvlm) the square grid of one tile."""
 
-    arch: str = "llava"  # llava | qwen2_5_vl | qwen2_vl
+    arch: str = "llava"  # llava | qwen2_5_vl | qwen2_vl | mistral3 | internvl | idefics3 | smolvlm
     layers: int = 3
     hidden: int = 64
     heads: int = 4
@@ -74,7 +75,7 @@ class TinySpec:
     corpus: tuple[str, ...] = tuple(CORPUS)
     vision_layers: int = 2
     vision_hidden: int = 32
-    patch: int = 0  # 0: 8 for LLaVA, 14 for Qwen-VL
+    patch: int = 0  # 0: 8 for LLaVA and Mistral 3, 14 for Qwen-VL, 4 for InternVL, Idefics3 and SmolVLM
     tokenizer: str = "bpe"  # bpe: byte-level BPE (as Qwen's); spm: SentencePiece-style BPE (as Llama's), LLaVA only
     resize: int = 0  # LLaVA: the processor's shortest edge (0: the crop side; larger crops square images too)
 
@@ -313,6 +314,14 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None, **overrides) -> Pa
         return build_qwen(spec, out)
     if spec.arch == "mistral3":
         return build_mistral3(spec, out)
+    if spec.arch == "internvl":
+        from .testing.tiny_internvl import build_internvl
+
+        return build_internvl(spec, out)
+    if spec.arch in ("idefics3", "smolvlm"):
+        from .testing.tiny_idefics3 import build_idefics3
+
+        return build_idefics3(spec, out)
     from .testing.families import BUILDERS
 
     if spec.arch in BUILDERS:

@@ -8,6 +8,10 @@ holds, per registered model type, the token grid its tiny checkpoint gives
 one image and ``image_size_for`` the pixel size that yields it, so a
 contract suite can run every family on the same footing. A family added to
 the adapter registry without an entry here fails that suite by name.
+
+For the tiling families (InternVL, Idefics3, SmolVLM) ``grid`` is the token
+grid of one tile and ``image_size_for`` gives a landscape image of two tiles
+side by side: 1 x 2 tiles plus the thumbnail (global image).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ class TinyFamily:
     """How the contract suite builds one family: the builder's arch and the visual grid of one image."""
 
     arch: str
-    grid: tuple[int, int]  # (rows, cols) of one image's (first) visual grid; odd sizes give ragged 2x2 edge windows
+    # (rows, cols) of one image's (first) visual grid (tiling families: of one tile); odd sizes give ragged 2x2
+    # edge windows
+    grid: tuple[int, int]
     # (height, width) in pixels of the contract suite's images where the grid alone does not fix it (families
     # with several grids per image: chosen to give several tiles); None: image_size_for(arch, grid)
     image: tuple[int, int] | None = None
@@ -43,6 +49,9 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     "llava_next": TinyFamily("llava_next", (4, 4), image=(40, 120)),
     "llava_onevision": TinyFamily("llava_onevision", (4, 4), image=(40, 120)),
     "qwen3_vl": TinyFamily("qwen3_vl", (3, 5)),
+    "internvl": TinyFamily("internvl", (3, 3)),
+    "idefics3": TinyFamily("idefics3", (3, 3)),
+    "smolvlm": TinyFamily("smolvlm", (3, 3)),
 }
 
 
@@ -57,4 +66,7 @@ def image_size_for(arch: str, grid: tuple[int, int], patch: int = 0) -> tuple[in
     if arch == "mistral3":
         side = (patch or 8) * 2  # 2x2 patch merging
         return grid[0] * side, grid[1] * side
+    if arch in ("internvl", "idefics3", "smolvlm"):
+        side = 2 * grid[0] * (patch or 4)  # one tile: pixel shuffle halves a grid of 2 x grid patches
+        return side, 2 * side  # two tiles side by side (1 x 2) plus the thumbnail
     raise ValueError(f"no tiny image geometry for {arch!r}")

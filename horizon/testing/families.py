@@ -12,8 +12,7 @@ nothing, the geometry (image-token spans, tiles, grids, masks) is real.
 Families, keyed by transformers ``model_type``: see :data:`BUILDERS`.
 
 Processors whose class also holds a video processor (LLaVA-OneVision,
-Qwen3-VL, InternVL, SmolVLM) cannot be instantiated without torchvision, and
-SmolVLM's needs ``num2words`` as well; for those the parts are saved
+Qwen3-VL) cannot be instantiated without torchvision; for those the parts are saved
 (tokenizer with its extra special tokens, PIL image processor, chat template,
 plus ``processor_config.json`` with the processor's own arguments) so that
 ``AutoProcessor`` rebuilds them where those packages exist and the family's
@@ -62,23 +61,12 @@ QWEN3_VL_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-INTERNVL_TEMPLATE = (  # InternVL3-hf: the processor expands <IMG_CONTEXT> into <img>...</img>
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n" + _content_template("<IMG_CONTEXT>\n") + "<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 # <bos> comes from the tokenizer, not the template; the processor expands <start_of_image> into
 # \n\n<start_of_image><image_soft_token>*N<end_of_image>\n\n
 GEMMA3_TEMPLATE = (
     "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
     + _content_template("<start_of_image>") + "<end_of_turn>\n"
     "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-
-IDEFICS3_TEMPLATE = (  # Idefics3 / SmolVLM: the processor expands <image> into tiles with row/col markers
-    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:"
-    + _content_template("<image>") + "<end_of_utterance>\n"
-    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
 # ---------------------------------------------------------------- shared helpers
@@ -223,30 +211,6 @@ def build_qwen3_vl(out: Path, *, layers: int = 3, hidden: int = 64, patch: int =
     return _save(Qwen3VLForConditionalGeneration, config, tok, out, seed, parts=[ip], processor_config=pcfg)
 
 
-def build_internvl(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 8, side: int = 64,
-                   max_tiles: int = 4, seed: int = 0) -> Path:
-    """InternVL (3-hf): InternViT tower, pixel-shuffle 0.5, dynamic tiles + thumbnail, Qwen2 decoder."""
-    from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-
-    names = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
-             "<video>"]
-    tok = _tokenizer(names, INTERNVL_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
-                     start_image_token="<img>", end_image_token="</img>", context_image_token="<IMG_CONTEXT>",
-                     video_token="<video>")
-    ip = GotOcr2ImageProcessorPil(size={"height": side, "width": side}, crop_to_patches=True, min_patches=1,
-                                  max_patches=max_tiles)
-    seq = (side // patch) ** 2 // 4  # downsample_ratio 0.5 -> a quarter of the patches
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=[side, side], patch_size=[patch, patch])
-    text = Qwen2Config(**_text(hidden, layers), vocab_size=len(tok), **_ids(tok))
-    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.context_image_token_id,
-                            image_seq_length=seq, downsample_ratio=0.5, vision_feature_layer=-1,
-                            vision_feature_select_strategy="default")
-    pcfg = {"processor_class": "InternVLProcessor", "image_seq_length": seq}
-    return _save(InternVLForConditionalGeneration, config, tok, out, seed, parts=[ip], processor_config=pcfg)
-
-
 def build_gemma3(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 4, side: int = 32,
                  tokens_per_image: int = 16, sliding_window: int = 16, seed: int = 0) -> Path:
     """Gemma3: SigLIP tower avg-pooled to ``tokens_per_image``, bidirectional image spans, sliding layers."""
@@ -273,62 +237,9 @@ def build_gemma3(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 4
     return _save(Gemma3ForConditionalGeneration, config, tok, out, seed, processor=proc)
 
 
-IDEFICS3_SPECIAL = (["<unk>", "<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
-                     "<image>", "<global-img>"]
-                    + [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)])
-
-
-def _build_idefics3_like(out: Path, smol: bool, layers: int, hidden: int, patch: int, side: int, scale: int,
-                         seed: int) -> Path:
-    import transformers
-    from transformers import LlamaConfig
-
-    prefix = "SmolVLM" if smol else "Idefics3"
-    if smol:
-        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil as IP
-    else:
-        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as IP
-    extra = dict(fake_image_token="<fake_token_around_image>", image_token="<image>",
-                 end_of_utterance_token="<end_of_utterance>", global_image_token="<global-img>")
-    special = IDEFICS3_SPECIAL + (["<video>"] if smol else [])
-    if smol:
-        extra["video_token"] = "<video>"
-    tok = _tokenizer(special, IDEFICS3_TEMPLATE, eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
-                     unk_token="<unk>", **extra)
-    ip = IP(size={"longest_edge": 2 * side}, max_image_size={"longest_edge": side}, do_image_splitting=True)
-    seq = (side // patch) ** 2 // scale ** 2
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=side,
-                  patch_size=patch)
-    text = LlamaConfig(**_text(hidden, layers), vocab_size=len(tok), **_ids(tok))
-    config = getattr(transformers, f"{prefix}Config")(vision_config=vision, text_config=text,
-                                                      image_token_id=tok.image_token_id, scale_factor=scale)
-    model_cls = getattr(transformers, f"{prefix}ForConditionalGeneration")
-    if smol:  # SmolVLMProcessor needs num2words and a (torchvision) video processor: save the parts
-        return _save(model_cls, config, tok, out, seed, parts=[ip],
-                     processor_config={"processor_class": "SmolVLMProcessor", "image_seq_len": seq})
-    proc = transformers.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=seq,
-                                          chat_template=IDEFICS3_TEMPLATE)
-    return _save(model_cls, config, tok, out, seed, processor=proc)
-
-
-def build_idefics3(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 4, side: int = 32, scale: int = 2,
-                   seed: int = 0) -> Path:
-    """Idefics3: SigLIP-like tower, pixel-shuffle ``scale``, image split into tiles of ``side`` + a global image."""
-    return _build_idefics3_like(out, False, layers, hidden, patch, side, scale, seed)
-
-
-def build_smolvlm(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 4, side: int = 32, scale: int = 2,
-                  seed: int = 0) -> Path:
-    """SmolVLM: Idefics3's geometry with SmolVLM classes."""
-    return _build_idefics3_like(out, True, layers, hidden, patch, side, scale, seed)
-
-
 BUILDERS = {
     "llava_next": build_llava_next,
     "llava_onevision": build_llava_onevision,
     "qwen3_vl": build_qwen3_vl,
-    "internvl": build_internvl,
     "gemma3": build_gemma3,
-    "idefics3": build_idefics3,
-    "smolvlm": build_smolvlm,
 }
