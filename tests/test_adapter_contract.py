@@ -84,3 +84,42 @@ def test_a_non_causal_family_is_refused_by_the_engine(models):
             ensure_maskable_attention(vlm)
     finally:
         vlm.adapter = real
+
+
+@pytest.mark.parametrize("model_type", CONTRACT)
+def test_recomputed_keys_and_last_token_attention_equal_the_layers_own(checkpoints, dataset, model_type):
+    """``key_values`` (the engine's last layer) and ``last_token_attention`` (FastV) against the eager
+    attention of every layer: its cached keys/values and its attention weights of the last position."""
+    import torch
+
+    import horizon
+    from horizon.data import read_jsonl
+
+    vlm = horizon.load(checkpoints[model_type], dtype="float32", device="cpu", attn_implementation="eager")
+    sample = read_jsonl(dataset(model_type, 1))[0]
+    inputs = vlm.adapter.encode(vlm.processor, [sample.load_image()],
+                                vlm.adapter.prompt(vlm.processor, sample.question))
+    seen = {}
+
+    def grab(j):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            seen[j] = (hidden, kwargs[vlm.adapter.rotary_keyword])
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(grab(j), with_kwargs=True) for j, layer in enumerate(vlm.layers)]
+    try:
+        with torch.no_grad():
+            out = vlm.hf(**inputs, output_attentions=True, use_cache=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    cache = vlm.adapter.output_cache(out)
+    for j, layer in enumerate(vlm.layers):
+        hidden, rotary = seen[j]
+        with torch.no_grad():
+            keys, values = vlm.adapter.key_values(layer, hidden, rotary)
+            weights = vlm.adapter.last_token_attention(layer, hidden, rotary)
+        assert torch.allclose(keys, cache.layers[j].keys, atol=1e-5), j
+        assert torch.allclose(values, cache.layers[j].values, atol=1e-5), j
+        assert torch.allclose(weights, out.attentions[j][0, :, -1].float(), atol=1e-5), j
