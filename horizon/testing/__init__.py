@@ -32,6 +32,8 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     "qwen2_5_vl": TinyFamily("qwen2_5_vl", (3, 5)),
     "qwen2_vl": TinyFamily("qwen2_vl", (3, 5)),
     "mistral3": TinyFamily("mistral3", (3, 4)),
+    # gemma3: the square pooled grid of one image (mm_tokens_per_image = 25), longer than the 5-token sliding window
+    "gemma3": TinyFamily("gemma3", (5, 5)),
 }
 
 
@@ -46,4 +48,8 @@ def image_size_for(arch: str, grid: tuple[int, int], patch: int = 0) -> tuple[in
     if arch == "mistral3":
         side = (patch or 8) * 2  # 2x2 patch merging
         return grid[0] * side, grid[1] * side
+    if arch == "gemma3":
+        from .tiny_gemma3 import image_side
+
+        return image_side(grid), image_side(grid)  # the processor resizes any image to this square
     raise ValueError(f"no tiny image geometry for {arch!r}")
