@@ -16,6 +16,7 @@ import pytest
 from transformers import AutoConfig
 
 from horizon.errors import HorizonError
+from horizon.models.adapter import ATTENTION_KINDS
 from horizon.models import ADAPTERS, Adapter, LlavaAdapter, adapter_for, missing_methods, supported_model_types
 from horizon.testing import TINY_FAMILIES
 
@@ -33,7 +34,9 @@ def test_family_implements_the_required_methods(model_type):
     cls = ADAPTERS.get(model_type)
     assert issubclass(cls, Adapter) and model_type in cls.model_types
     assert missing_methods(cls) == [], f"{cls.__name__} does not implement {missing_methods(cls)}"
-    assert cls.attention == "causal"  # the only kind the engine derives removal and prefix reuse for
+    assert cls.attention in ATTENTION_KINDS  # the kinds the engine derives removal and prefix reuse for
+    if cls.attention != "causal":  # a non-causal kind comes with its rule and its prefix-reuse boundary
+        assert cls.attends is not Adapter.attends and cls.first_changed is not Adapter.first_changed
 
 
 @pytest.mark.parametrize("model_type", CONTRACT)
