@@ -10,8 +10,12 @@ engine does -- it never computes what cannot change:
 * an ablated pass starts *at* layer l from the clean hidden state: layers
   before l are skipped with nnsight's ``skip`` (their output is their input);
 * positions before the first removed position are identical to the clean pass
-  in every layer (causal attention), so their keys/values come from the clean
-  cache and only the suffix is recomputed (``reuse_prefix``);
+  in every layer (causal attention; where the adapter declares bidirectional
+  image blocks, before the first position that can change,
+  ``Adapter.first_changed``), so their keys/values come from the clean cache
+  and only the suffix is recomputed (``reuse_prefix``);
+* every layer type's mask is the adapter's rule (``Adapter.attends``) on
+  original positions, restricted to the positions still present;
 * many ablations of one layer run as one batch; rows are padded to the same
   length and padding is masked out.
 """
@@ -20,13 +24,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import nnsight
 import torch
 
 from .errors import HorizonError
 from .models import VisionLM
+from .models.adapter import ATTENTION_KINDS
 
 log = logging.getLogger("horizon")
 
@@ -63,11 +68,13 @@ class CleanPass:
     keys: list[torch.Tensor]  # per layer, (1, kv_heads, S, head_dim), after RoPE
     values: list[torch.Tensor]
     position_ids: torch.Tensor  # (..., 1, S): (1, S) for RoPE, (3, 1, S) for M-RoPE
-    rotary: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (S, head_dim), as the layers received them
+    # per layer type (Adapter.layer_types): (cos, sin), each (S, head_dim), as the layers received them
+    rotary: dict[str, tuple[torch.Tensor, torch.Tensor]]
     logits: torch.Tensor  # (1, S, V) full clean logits, as the model computes them
     scored: list[int]  # positions whose next-token distribution is scored
     scored_logits: torch.Tensor  # (m, V) float32 logits at the scored positions (float32 norm and head)
     extras: dict = field(default_factory=dict)  # family-specific inputs of the decoder stack (Adapter.clean_extras)
+    layout: Any = None  # what the adapter's attention rule needs about this sample (Adapter.attention_layout)
 
     @property
     def seq_len(self) -> int:
@@ -85,10 +92,10 @@ class CleanPass:
 
 def ensure_maskable_attention(vlm: VisionLM) -> None:
     """Ablated passes need a custom 4D mask; flash attention cannot take one."""
-    if vlm.adapter.attention != "causal":
-        # removal and prefix reuse are derived for causal attention; other masks need their own derivation
+    if vlm.adapter.attention not in ATTENTION_KINDS:
+        # removal and prefix reuse are derived for the declared kinds only; others need their own derivation
         raise HorizonError(f"{vlm.adapter.name}: its {vlm.adapter.attention!r} attention mask is not supported by the "
-                           "engine yet (only causal decoders are)")
+                           f"engine (supported kinds: {', '.join(ATTENTION_KINDS)})")
     impl = vlm.language_model.config._attn_implementation
     if impl not in MASKABLE_ATTENTION:
         log.warning("attention implementation %r cannot take a custom mask; switching to sdpa", impl)
@@ -100,12 +107,17 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
     """Run the unablated model once, recording what the ablated passes reuse."""
     lm = vlm.lm_envoy
     inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
-    with vlm.nn.trace(**inputs, use_cache=True):
+    types = vlm.adapter.layer_types(vlm.language_model)
+    cache = vlm.adapter.unwindowed_cache(vlm.hf)  # the prefix reuse needs every position's keys and values
+    extra = {} if cache is None else vlm.adapter.cache_kwargs(vlm.hf, cache)
+    with vlm.nn.trace(**inputs, use_cache=True, **extra):
         lm_kwargs = lm.inputs[1].save()
         hidden = nnsight.save([])
+        rotary = nnsight.save({})
         layers = vlm.adapter.decoder_layers(lm)
-        rotary = layers[0].inputs[1][vlm.adapter.rotary_keyword].save()
-        for layer in layers:
+        for j, layer in enumerate(layers):
+            if types[j] not in types[:j]:  # the first layer of its type (in execution order, as nnsight needs)
+                rotary[types[j]] = layer.inputs[1][vlm.adapter.rotary_keyword].save()
             hidden.append(layer.input[0].save())
         final = vlm.adapter.final_norm(lm).input.save()  # the last layer's output, before the final norm
         output = vlm.nn.output.save()
@@ -121,11 +133,12 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
         keys=[layer.keys for layer in cache.layers],
         values=[layer.values for layer in cache.layers],
         position_ids=position_ids,
-        rotary=(rotary[0][0], rotary[1][0]),
+        rotary={t: (cos[0], sin[0]) for t, (cos, sin) in rotary.items()},
         logits=output.logits,
         scored=scored,
         scored_logits=vlm.adapter.scored_logits(vlm.language_model, vlm.lm_head, final[0, scored]),
         extras=vlm.adapter.clean_extras(lm_kwargs),
+        layout=vlm.adapter.attention_layout(vlm.hf, inputs),
     )
 
 
@@ -193,12 +206,15 @@ def run_ablations(
 
 def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_prefix: bool) -> torch.Tensor:
     layer, last = rows[0].layer, vlm.n_layers - 1
+    adapter = vlm.adapter
     device, n_rows = vlm.device, len(rows)
     m = len(clean.scored)
     first_scored = min(clean.scored)
     seq = max(clean.scored) + 1  # later positions cannot reach the scored ones (causal)
-    # Everything before the earliest removed position is unchanged in every layer.
-    prefix = min(r.first(first_scored) for r in rows) if reuse_prefix else 0
+    if adapter.first_changed(clean.layout, seq) != seq:
+        raise HorizonError(f"{adapter.name}: a scored position lies inside a bidirectional block")
+    # Everything before the first position the removals can change is unchanged in every layer.
+    prefix = min(adapter.first_changed(clean.layout, r.first(first_scored)) for r in rows) if reuse_prefix else 0
     prefix = min(prefix, first_scored)
 
     kept = []
@@ -215,14 +231,23 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
     # under a device map the clean tensors sit on the devices of the layers that made them
     hidden = clean.layer_inputs[layer][index.to(clean.layer_inputs[layer].device)]  # (B, n, D)
     position_ids = clean.position_ids[..., 0, :][..., index.to(clean.position_ids.device)]  # (..., B, n)
-    rotary = tuple(r[index.to(r.device)] for r in clean.rotary)  # (B, n, head_dim) each: cos, sin
+    # per layer type, (B, n, head_dim) each: cos, sin
+    rotary = {t: tuple(r[index.to(r.device)] for r in cs) for t, cs in clean.rotary.items()}
 
-    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None]
-    allowed = (causal & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=device)  # pads see themselves
-    allowed = torch.cat([torch.ones(n_rows, n, prefix, dtype=torch.bool, device=device), allowed], dim=-1)
-    mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=device)  # moved to each layer by its dispatch hook
-    mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)
-    mask = mask[:, None]  # (B, 1, n, prefix + n), additive: eager and sdpa both take it
+    # The adapter's rule on original positions, sliced to what each row keeps: queries are the kept
+    # positions, keys the reused prefix and the kept positions. Pads see only themselves.
+    types = adapter.layer_types(vlm.language_model)
+    key_positions = torch.cat([torch.arange(prefix, device=device).expand(n_rows, prefix), index], dim=1)
+    live = torch.cat([torch.ones(n_rows, n, prefix, dtype=torch.bool, device=device),
+                      valid[:, None, :] & valid[:, :, None]], dim=-1)
+    eye = torch.cat([torch.zeros(n, prefix, dtype=torch.bool, device=device),
+                     torch.eye(n, dtype=torch.bool, device=device)], dim=-1)
+    masks = {}
+    for kind in dict.fromkeys(types):
+        allowed = (adapter.attends(clean.layout, kind, index[:, :, None], key_positions[:, None, :]) & live) | eye
+        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=device)  # moved to each layer by its dispatch hook
+        mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)
+        masks[kind] = mask[:, None]  # (B, 1, n, prefix + n), additive: eager and sdpa both take it
 
     def prefix_kv(j: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (clean.keys[j][:, :, :prefix].expand(n_rows, -1, -1, -1),
@@ -231,11 +256,11 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
     if layer < last:
         cache = vlm.adapter.make_cache([None] * layer + [prefix_kv(j) for j in range(layer, last)]) if prefix else None
         lm = vlm.lm_envoy
-        with lm.trace(inputs_embeds=hidden, position_ids=position_ids, attention_mask=mask,
+        with lm.trace(inputs_embeds=hidden, position_ids=position_ids, attention_mask=adapter.decoder_masks(masks),
                       **vlm.adapter.cache_kwargs(vlm.language_model, cache),
                       **vlm.adapter.ablated_lm_kwargs(clean.extras, index, valid, layer)) as tracer:
             layers = vlm.adapter.decoder_layers(lm)
-            vlm.adapter.rotary_module(lm).skip(rotary)  # the clean pass computed every position's rotary embedding
+            adapter.skip_rotary(lm, rotary)  # the clean pass computed every position's rotary embedding
             for skipped in layers[:layer]:
                 skipped.skip(skipped.input)  # the clean state at layer l is already the input
             hidden = layers[last].input.save()
@@ -243,12 +268,14 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
 
     # Last layer: only the scored rows matter downstream; the others just lend keys and values.
     final_layer = vlm.layers[last]
+    cos, sin = rotary[types[last]]
     keys, values = prefix_kv(last)
     if n > m:
-        k, v = vlm.adapter.key_values(final_layer, hidden[:, : n - m], (rotary[0][:, : n - m], rotary[1][:, : n - m]))
+        k, v = vlm.adapter.key_values(final_layer, hidden[:, : n - m], (cos[:, : n - m], sin[:, : n - m]))
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
     cache = vlm.adapter.make_cache([None] * last + [(keys, values)]) if keys.shape[2] else None
-    out = final_layer(hidden[:, n - m:], attention_mask=mask[:, :, n - m:], **vlm.adapter.cache_kwargs(final_layer, cache),
-                      position_embeddings=(rotary[0][:, n - m:], rotary[1][:, n - m:]))
+    out = final_layer(hidden[:, n - m:], attention_mask=masks[types[last]][:, :, n - m:],
+                      **vlm.adapter.cache_kwargs(final_layer, cache),
+                      position_embeddings=(cos[:, n - m:], sin[:, n - m:]))
     out = out[0] if isinstance(out, tuple) else out
     return torch.log_softmax(vlm.adapter.scored_logits(vlm.language_model, vlm.lm_head, out).double(), dim=-1)

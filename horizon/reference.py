@@ -4,7 +4,11 @@ Runs the unmodified transformers forward pass from the start, and just before
 decoder layer ``l`` deletes the removed positions' hidden states (and the
 matching rows of the rotary embeddings and mask), so that layers ``l..L-1``
 see a shorter sequence whose tokens keep their original position ids. This is
-what the paper's reference code does. It shares no code with the engine and
+what the paper's reference code does. Each layer's own mask and rotary
+embedding, as the model computed them for the full sequence, are sliced to the
+kept positions -- so families whose layers differ (Gemma 3's sliding and full
+layers, its bidirectional image blocks) are handled by the model's own mask
+code, never by the engine's. It shares no code with the engine and
 is used to check it (tests) and as the naive baseline (analysis/bench_scan.py).
 """
 

@@ -192,8 +192,9 @@ def append_answer(inputs: dict[str, torch.Tensor], ids: list[int]) -> dict[str, 
     out = dict(inputs)
     out["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
     out["attention_mask"] = torch.ones_like(out["input_ids"])
-    if "mm_token_type_ids" in inputs:
-        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(extra)], dim=1)
+    for name in ("mm_token_type_ids", "token_type_ids"):  # per-token types (M-RoPE, image blocks): answers are text
+        if name in inputs:
+            out[name] = torch.cat([inputs[name], torch.zeros_like(extra)], dim=1)
     return out
 
 

@@ -314,6 +314,10 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None, **overrides) -> Pa
         return build_qwen(spec, out)
     if spec.arch == "mistral3":
         return build_mistral3(spec, out)
+    if spec.arch == "gemma3":
+        from .testing.tiny_gemma3 import build_gemma3
+
+        return build_gemma3(spec, out)
     if spec.arch == "internvl":
         from .testing.tiny_internvl import build_internvl
 

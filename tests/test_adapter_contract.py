@@ -16,6 +16,7 @@ import pytest
 from transformers import AutoConfig
 
 from horizon.errors import HorizonError
+from horizon.models.adapter import ATTENTION_KINDS
 from horizon.models import ADAPTERS, Adapter, LlavaAdapter, adapter_for, missing_methods, supported_model_types
 from horizon.testing import TINY_FAMILIES
 
@@ -33,7 +34,9 @@ def test_family_implements_the_required_methods(model_type):
     cls = ADAPTERS.get(model_type)
     assert issubclass(cls, Adapter) and model_type in cls.model_types
     assert missing_methods(cls) == [], f"{cls.__name__} does not implement {missing_methods(cls)}"
-    assert cls.attention == "causal"  # the only kind the engine derives removal and prefix reuse for
+    assert cls.attention in ATTENTION_KINDS  # the kinds the engine derives removal and prefix reuse for
+    if cls.attention != "causal":  # a non-causal kind comes with its rule and its prefix-reuse boundary
+        assert cls.attends is not Adapter.attends and cls.first_changed is not Adapter.first_changed
 
 
 @pytest.mark.parametrize("model_type", CONTRACT)
@@ -104,22 +107,25 @@ def test_recomputed_keys_and_last_token_attention_equal_the_layers_own(checkpoin
     def grab(j):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            seen[j] = (hidden, kwargs[vlm.adapter.rotary_keyword])
+            seen[j] = (hidden, kwargs[vlm.adapter.rotary_keyword], kwargs.get("attention_mask"))
         return hook
 
     hooks = [layer.register_forward_pre_hook(grab(j), with_kwargs=True) for j, layer in enumerate(vlm.layers)]
+    # a family whose own cache keeps only a window of keys gives one that keeps every position
+    cache = vlm.adapter.unwindowed_cache(vlm.hf)
+    extra = {} if cache is None else vlm.adapter.cache_kwargs(vlm.hf, cache)
     try:
         with torch.no_grad():
-            out = vlm.hf(**inputs, output_attentions=True, use_cache=True)
+            out = vlm.hf(**inputs, output_attentions=True, use_cache=True, **extra)
     finally:
         for h in hooks:
             h.remove()
     cache = vlm.adapter.output_cache(out)
     for j, layer in enumerate(vlm.layers):
-        hidden, rotary = seen[j]
+        hidden, rotary, mask = seen[j]
         with torch.no_grad():
             keys, values = vlm.adapter.key_values(layer, hidden, rotary)
-            weights = vlm.adapter.last_token_attention(layer, hidden, rotary)
+            weights = vlm.adapter.last_token_attention(layer, hidden, rotary, attention_mask=mask)
         assert torch.allclose(keys, cache.layers[j].keys, atol=1e-5), j
         assert torch.allclose(values, cache.layers[j].values, atol=1e-5), j
         assert torch.allclose(weights, out.attentions[j][0, :, -1].float(), atol=1e-5), j

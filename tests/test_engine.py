@@ -32,8 +32,9 @@ def rebuild_inputs(vlm, sample_row, sample):
     extra = ids.shape[1] - enc["input_ids"].shape[1]
     assert torch.equal(ids[:, : enc["input_ids"].shape[1]], enc["input_ids"])
     enc["input_ids"], enc["attention_mask"] = ids, torch.ones_like(ids)
-    if "mm_token_type_ids" in enc:
-        enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros(1, extra, dtype=torch.long)], 1)
+    for name in ("mm_token_type_ids", "token_type_ids"):  # per-token types: the appended answer is text
+        if name in enc:
+            enc[name] = torch.cat([enc[name], torch.zeros(1, extra, dtype=torch.long)], 1)
     return enc, enc["input_ids"].shape[1] - extra
 
 

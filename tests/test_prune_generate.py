@@ -51,14 +51,16 @@ def masked_removal_logits(vlm, inputs, removed_from: dict[int, list[int]]) -> to
     hooks, blocked = [], set()
     for j, layer in enumerate(vlm.language_model.layers):
         blocked |= set(removed_from.get(j, []))
-        allowed = causal.clone()
-        if blocked:
-            allowed[:, sorted(blocked)] = False
-        allowed |= torch.eye(seq, dtype=torch.bool)  # removed rows see themselves (they are never read)
-        mask = torch.zeros(seq, seq, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
-        def hook(module, args, kwargs, mask=mask):
-            kwargs["attention_mask"] = mask
+        def hook(module, args, kwargs, blocked=sorted(blocked)):
+            # the layer's own mask (None: plain causal), with the removed positions blocked as keys
+            own = kwargs.get("attention_mask")
+            allowed = causal.clone() if own is None else (own[0, 0] if own.dtype == torch.bool else own[0, 0] == 0)
+            if blocked:
+                allowed[:, blocked] = False
+            allowed |= torch.eye(seq, dtype=torch.bool)  # removed rows see themselves (they are never read)
+            kwargs["attention_mask"] = torch.zeros(seq, seq, dtype=dtype).masked_fill(
+                ~allowed, torch.finfo(dtype).min)[None, None]
             return args, kwargs
 
         hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
@@ -96,6 +98,7 @@ def test_prefill_pruning_equals_engine_and_mask_removal(models, dataset, name):
     seq = inputs["input_ids"].shape[1]
     visual = vlm.adapter.visual_positions(vlm.hf, inputs)
     clean = clean_pass(vlm, inputs, [seq - 1])
+    changed = []
     for layer in range(vlm.n_layers):
         sched = parse_schedule(f"random@{layer}:{nv // 3}", vlm.n_layers, nv)
         gen = generate(vlm, inputs, sched, max_new_tokens=1, return_logits=True, seed=layer)
@@ -106,8 +109,10 @@ def test_prefill_pruning_equals_engine_and_mask_removal(models, dataset, name):
         assert torch.allclose(pruned.double(), engine[0, 0].double(), atol=1e-5, rtol=0)
         masked = torch.log_softmax(masked_removal_logits(vlm, inputs, {layer: removed}), -1)
         assert torch.allclose(pruned, masked, atol=1e-5, rtol=0)
-        # and it is a real change: the unpruned distribution differs
-        assert not torch.allclose(pruned.double(), clean.scored_logprobs()[0].double(), atol=1e-4)
+        changed.append(not torch.allclose(pruned.double(), clean.scored_logprobs()[0].double(), atol=1e-4))
+    # and it is a real change: the unpruned distribution differs -- at every layer under causal attention; with
+    # sliding windows a late layer may not reach the image from the last position (tests/test_family_gemma3.py)
+    assert changed[0] and (vlm.adapter.attention != "causal" or all(changed)), changed
 
     # Two stages: removal sets accumulate.
     sched = parse_schedule(f"divprune@0:{nv - 3},random@2:{nv // 4}", vlm.n_layers, nv)

@@ -6,7 +6,7 @@ One module per family registers its :class:`Adapter` for the transformers
 
 from __future__ import annotations
 
-from . import idefics3, internvl, llava, llava_next, mistral3, qwen3_vl, qwen_vl  # noqa: F401  (registers the families)
+from . import gemma3, idefics3, internvl, llava, llava_next, mistral3, qwen3_vl, qwen_vl  # noqa: F401  (registers the families)
 from .adapter import ADAPTERS, Adapter, adapter_for, missing_methods, register_adapter, supported_model_types
 from .llava import LlavaAdapter
 from .qwen_vl import QwenVLAdapter, QwenVLImageProcessor

@@ -26,7 +26,9 @@ from ..registry import Registry
 
 log = logging.getLogger("horizon")
 
-__all__ = ["execution_device", "materialized", "Adapter", "ADAPTERS", "register_adapter", "adapter_for", "supported_model_types", "missing_methods"]
+ATTENTION_KINDS = ("causal", "image-blocks")
+
+__all__ = ["ATTENTION_KINDS", "execution_device", "materialized", "Adapter", "ADAPTERS", "register_adapter", "adapter_for", "supported_model_types", "missing_methods"]
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:
@@ -72,9 +74,10 @@ class Adapter:
 
     # The keyword a decoder layer takes its rotary (cos, sin) by.
     rotary_keyword: str = "position_embeddings"
-    # How a decoder layer's attention is masked. Only "causal" is supported by the engine and pruning;
-    # a family with bidirectional image blocks or sliding windows must say so here and is refused until
-    # the engine handles it (removal and prefix reuse depend on it).
+    # How a decoder layer's attention is masked: one of ATTENTION_KINDS, the kinds the engine and pruning
+    # derive removal and prefix reuse for; any other is refused. "causal": every layer plain causal.
+    # "image-blocks": the family gives its rule in attends / first_changed (bidirectional image blocks,
+    # sliding windows per layer type); the engine builds every layer type's mask from it.
     attention: str = "causal"
     # A horizon image-only processor (horizon.models.processors) for when transformers' needs torchvision.
     image_only_processor: Any = None
@@ -145,13 +148,15 @@ class Adapter:
         return keys, values
 
     def last_token_attention(
-        self, layer: torch.nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+        self, layer: torch.nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention weights (heads, n) of the last position over all n positions, computed explicitly.
 
         sdpa and flash attention never materialise the weights, so FastV's
-        criterion is recomputed here from the layer's own projections (the
-        last position attends to every position, so no mask is needed).
+        criterion is recomputed here from the layer's own projections (under
+        causal attention the last position attends to every position, so the
+        layer's ``attention_mask`` is not needed; families with windows use it).
         ``hidden`` is the layer's input (1, n, D).
         """
         attn = layer.self_attn
@@ -188,6 +193,39 @@ class Adapter:
         that pruning left: ``present()`` gives the original positions of the current hidden state. Default:
         the stack has none."""
         return contextlib.nullcontext()
+
+    # -- attention pattern -----------------------------------------------
+    # The engine, pruning and decoding build masks from these, always on ORIGINAL sequence positions:
+    # deleting positions and slicing the original mask is what removal means (DESIGN §2).
+    def layer_types(self, language_model: torch.nn.Module) -> list[str]:
+        """Per decoder layer, its attention type; layers of one type share a mask and a rotary embedding."""
+        return ["causal"] * len(self.decoder_layers(language_model))
+
+    def attention_layout(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
+        """What :meth:`attends` needs to know about one sample besides positions (None for causal attention)."""
+        return None
+
+    def attends(self, layout: Any, layer_type: str, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Whether original position ``query`` may attend to ``key`` in a layer of ``layer_type`` (broadcast, bool)."""
+        return key <= query
+
+    def first_changed(self, layout: Any, position: int) -> int:
+        """First position whose keys and values can change when positions from ``position`` on change (causal: it)."""
+        return position
+
+    def decoder_masks(self, masks: dict[str, torch.Tensor]) -> Any:
+        """The ``attention_mask`` the decoder stack takes, given each layer type's 4D mask: one tensor here."""
+        (mask,) = masks.values()
+        return mask
+
+    def skip_rotary(self, lm_envoy: Any, rotary: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Within a trace of the decoder stack, hand it the recorded rotary embedding instead of recomputing it."""
+        (cos_sin,) = rotary.values()
+        self.rotary_module(lm_envoy).skip(cos_sin)
+
+    def unwindowed_cache(self, model: torch.nn.Module) -> Any:
+        """A KV cache keeping every position of every layer, or None where the model's own one does."""
+        return None
 
     # -- caches ----------------------------------------------------------
     def cache_keyword(self, module: torch.nn.Module) -> str:

@@ -88,6 +88,9 @@ class _Pruning:
                  replay: list[torch.Tensor] | None = None):
         self.vlm, self.positions, self.generator, self.info = vlm, positions, generator, info or {}
         self.rotary = vlm.adapter.rotary_keyword  # the keyword the layers take (cos, sin) by
+        self.types = vlm.adapter.layer_types(vlm.language_model)  # each layer's attention type
+        self.layout: Any = None  # the adapter's attention layout of the prompt (Adapter.attention_layout)
+        self.prompt_len = 0
         self.stages: dict[int, Stage] = {s.layer: s for s in schedule.stages}
         self.visual_mask: torch.Tensor | None = None  # (S,) bool over original positions
         self.visual = visual
@@ -132,7 +135,8 @@ class _Pruning:
         if nxt is not None and self.replay is None:
             # FastV and DART read the layer before their stage, as their reference code does
             if nxt.method == "fastv":
-                self.attention = self.vlm.adapter.last_token_attention(module, hidden, kwargs[self.rotary])
+                self.attention = self.vlm.adapter.last_token_attention(module, hidden, kwargs[self.rotary],
+                                                                       kwargs.get("attention_mask"))
             elif nxt.method == "dart":
                 # the keys this layer writes to its KV cache (after RoPE), recomputed so that sdpa/flash work
                 keys, _ = self.vlm.adapter.key_values(module, hidden, kwargs[self.rotary])
@@ -140,13 +144,33 @@ class _Pruning:
         return (hidden, *args[1:]), kwargs
 
     def decode(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict):
-        # One new token attends to everything its layer cached: no mask needed.
-        kwargs["attention_mask"] = None
+        # Under causal attention one new token attends to everything its layer cached: no mask needed. Otherwise
+        # the adapter's rule on original positions (a sliding window) picks among what the layer's cache holds.
+        kwargs["attention_mask"] = self.decode_mask(j, module, args[0] if args else kwargs["hidden_states"], kwargs)
         if self.positions == "renumber" and self.renumbered_at(j):
             hidden = args[0] if args else kwargs["hidden_states"]
             pos = torch.tensor([[len(self.layer_present[j]) + self.step]], device=hidden.device)
             kwargs[self.rotary] = self.vlm.adapter.rotary_embeddings(self.vlm.language_model, hidden, pos)
         return args, kwargs
+
+    def decode_mask(self, j: int, module: torch.nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
+        """Additive (1, 1, 1, K) mask of the new token over its layer's K cache entries and itself; None: all of them."""
+        device = self.layer_present[j].device
+        query = self.prompt_len + self.step
+        seen = torch.cat([self.layer_present[j], torch.arange(self.prompt_len, query, device=device)])
+        cache = kwargs.get(self.vlm.adapter.cache_keyword(module))
+        held = cache.layers[j].keys.shape[-2] if cache is not None else len(seen)  # a sliding cache keeps the last few
+        keys = torch.cat([seen[len(seen) - held:], torch.tensor([query], device=device)])
+        allowed = self.vlm.adapter.attends(self.layout, self.types[j], torch.tensor(query, device=device), keys)
+        # The form transformers hands the layer (its values are sized for the unpruned cache): kernels can differ
+        # in the last bit between no mask and an all-true one, and keeping every token must reproduce generate.
+        given = kwargs.get("attention_mask")
+        if bool(allowed.all()) and (given is None or self.vlm.adapter.attention == "causal"):
+            return None
+        if isinstance(given, torch.Tensor) and given.dtype == torch.bool:
+            return allowed.to(given.device)[None, None, None]
+        mask = torch.zeros(len(keys), dtype=hidden.dtype, device=hidden.device)
+        return mask.masked_fill_(~allowed.to(hidden.device), torch.finfo(hidden.dtype).min)[None, None, None]
 
     def renumbered_at(self, j: int) -> bool:
         return any(layer <= j for layer in self.stages)
@@ -248,9 +272,14 @@ def generate(
     inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
     if inputs["input_ids"].shape[0] != 1:
         raise HorizonError("pruned generation runs one prompt at a time")
+    if positions == "renumber" and schedule.stages and vlm.adapter.attention != "causal":
+        raise HorizonError(f"--positions renumber is defined for causal attention only; {vlm.adapter.name} declares "
+                           f"{vlm.adapter.attention!r} attention (keep the original positions)")
     visual = torch.tensor(vlm.adapter.visual_positions(vlm.hf, inputs), dtype=torch.long, device=vlm.device)
     generator = torch.Generator().manual_seed(seed)
     state = _Pruning(vlm, schedule, visual, positions, generator, info)
+    state.layout = vlm.adapter.attention_layout(vlm.hf, inputs)
+    state.prompt_len = inputs["input_ids"].shape[1]
 
     seen, grab = _capture_position_ids(vlm)
     state.install(state.prefill)

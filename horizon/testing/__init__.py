@@ -52,6 +52,8 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     "internvl": TinyFamily("internvl", (3, 3)),
     "idefics3": TinyFamily("idefics3", (3, 3)),
     "smolvlm": TinyFamily("smolvlm", (3, 3)),
+    # gemma3: the square pooled grid of one image (mm_tokens_per_image = 25), longer than the 5-token sliding window
+    "gemma3": TinyFamily("gemma3", (5, 5)),
 }
 
 
@@ -69,4 +71,8 @@ def image_size_for(arch: str, grid: tuple[int, int], patch: int = 0) -> tuple[in
     if arch in ("internvl", "idefics3", "smolvlm"):
         side = 2 * grid[0] * (patch or 4)  # one tile: pixel shuffle halves a grid of 2 x grid patches
         return side, 2 * side  # two tiles side by side (1 x 2) plus the thumbnail
+    if arch == "gemma3":
+        from .tiny_gemma3 import image_side
+
+        return image_side(grid), image_side(grid)  # the processor resizes any image to this square
     raise ValueError(f"no tiny image geometry for {arch!r}")

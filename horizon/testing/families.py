@@ -61,14 +61,6 @@ QWEN3_VL_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# <bos> comes from the tokenizer, not the template; the processor expands <start_of_image> into
-# \n\n<start_of_image><image_soft_token>*N<end_of_image>\n\n
-GEMMA3_TEMPLATE = (
-    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
-    + _content_template("<start_of_image>") + "<end_of_turn>\n"
-    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-
 # ---------------------------------------------------------------- shared helpers
 
 
@@ -211,35 +203,8 @@ def build_qwen3_vl(out: Path, *, layers: int = 3, hidden: int = 64, patch: int =
     return _save(Qwen3VLForConditionalGeneration, config, tok, out, seed, parts=[ip], processor_config=pcfg)
 
 
-def build_gemma3(out: Path, *, layers: int = 3, hidden: int = 64, patch: int = 4, side: int = 32,
-                 tokens_per_image: int = 16, sliding_window: int = 16, seed: int = 0) -> Path:
-    """Gemma3: SigLIP tower avg-pooled to ``tokens_per_image``, bidirectional image spans, sliding layers."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, SiglipVisionConfig
-    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
-
-    names = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
-             "<end_of_image>", "<image_soft_token>"]
-    tok = _tokenizer(names, GEMMA3_TEMPLATE, bos="<bos>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
-                     pad_token="<pad>", boi_token="<start_of_image>", eoi_token="<end_of_image>",
-                     image_token="<image_soft_token>")
-    ip = Gemma3ImageProcessorPil(size={"height": side, "width": side})
-    proc = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_TEMPLATE,
-                           image_seq_length=tokens_per_image)
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=side, patch_size=patch, vision_use_head=False)
-    heads = 4
-    text = dict(_text(hidden, layers, heads), head_dim=hidden // heads, query_pre_attn_scalar=hidden // heads,
-                vocab_size=len(tok), sliding_window=sliding_window,
-                layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"], **_ids(tok))
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image,
-                          boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id,
-                          image_token_index=tok.image_token_id)
-    return _save(Gemma3ForConditionalGeneration, config, tok, out, seed, processor=proc)
-
-
 BUILDERS = {
     "llava_next": build_llava_next,
     "llava_onevision": build_llava_onevision,
     "qwen3_vl": build_qwen3_vl,
-    "gemma3": build_gemma3,
 }
