@@ -166,3 +166,25 @@ def test_onevision_without_torchvision_uses_transformers_own_processor_for_image
     assert isinstance(processor, transformers.LlavaOnevisionProcessor)
     assert type(processor).replace_image_token is transformers.LlavaOnevisionProcessor.replace_image_token
     assert not hasattr(processor, "video_processor") or processor.video_processor is None
+
+
+def test_onevision_base_grids_of_several_images_span_the_padded_square(vlms):
+    vlm = vlms["llava_onevision"]
+    sizes = [(64, 32), (24, 48)]  # (W, H): landscape, portrait (pixels checked on the landscape one)
+    images = [coordinate_image(*s) for s in sizes]
+    inputs = encode(vlm, images)
+    grids = vlm.adapter.grids(vlm.hf, inputs)
+    ip = vlm.processor.image_processor
+    for i, (size, g) in enumerate(zip(sizes, grids)):
+        view, = vlm.adapter.grid_views(vlm.processor, size, [g])
+        w, h = size
+        m = max(w, h)
+        assert view == pytest.approx((-((m - w) // 2), -((m - h) // 2), -((m - w) // 2) + m, -((m - h) // 2) + m))
+        pixels = unnormalise(inputs["pixel_values"][i, 0].numpy(), ip)
+        # the padding is the mean colour, not a coordinate: check the grid rows lying wholly inside the image
+        # (landscape); a portrait image's padded columns would need a column filter, its rows are all inside
+        cell = (view[3] - view[1]) / g.height
+        inside = [r for r in range(g.height) if view[1] + r * cell >= 0 and view[1] + (r + 1) * cell <= h]
+        if w >= h:
+            # tol: the 2x downscale of the padded square blends up to two source pixels at the image edge
+            assert inside and check_cells(pixels, view, (g.height, g.width), size, tol=2.5, rows=inside) > 0

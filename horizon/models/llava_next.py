@@ -104,7 +104,8 @@ class LlavaNextAdapter(Adapter):
         grids, at = [], 0  # at: index into ``visual`` of the image's first token
         for image, size_hw in enumerate(sizes):
             start = visual[at] if at < len(visual) else -1
-            image_grids = [ImageGrid(start, side, side, image=image, level="base")]
+            image_grids = [ImageGrid(start, side, side, image=image, level="base",
+                                     region=self.base_region(size_hw, high_res))]
             n = side * side
             if high_res:
                 rows, cols = self.final_high_res_shape(cfg, size_hw)
@@ -122,6 +123,10 @@ class LlavaNextAdapter(Adapter):
         if at != len(visual):
             raise HorizonError(f"{self.name}: {len(visual)} image tokens but the images' grids hold {at}")
         return grids
+
+    def base_region(self, size_hw: tuple[int, int], high_res: bool) -> tuple[float, float, float, float]:
+        """Fractions of the image the base grid covers: all of it (the image is squashed onto the tower's square)."""
+        return (0.0, 0.0, 1.0, 1.0)
 
     def high_res_region(self, config: Any, size_hw: tuple[int, int]) -> tuple[float, float, float, float]:
         """Fractions (x0, y0, x1, y1) of the image that the high-res grid covers.
@@ -188,6 +193,16 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     def uses_high_res(self, n_images: int) -> bool:
         return n_images == 1  # several images per prompt: each is its base grid and one newline
+
+    def base_region(self, size_hw: tuple[int, int], high_res: bool) -> tuple[float, float, float, float]:
+        """Without a high-res grid (several images per prompt) the processor first pads the image to a square,
+        centred (``pad_to_square``), so the base grid spans past the image's short side."""
+        if high_res:
+            return (0.0, 0.0, 1.0, 1.0)
+        h, w = size_hw
+        side = max(h, w)
+        x0, y0 = -((side - w) // 2) / w, -((side - h) // 2) / h
+        return (x0, y0, x0 + side / w, y0 + side / h)
 
     def encode(self, processor, images, prompt):
         """The images as one prompt's list: OneVision's processor (and model) treat a flat list as one image per
