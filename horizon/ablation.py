@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import nnsight
 import torch
@@ -144,7 +144,7 @@ def clean_pass(vlm: VisionLM, inputs: dict[str, torch.Tensor], scored: Sequence[
 
 def plan_batches(
     ablations: Sequence[Ablation], batch_size: int, seq_len: int | None = None, max_waste: float = 0.1,
-    min_gap: int = 32,
+    min_gap: int = 32, reuse_start: Callable[[int], int] | None = None,
 ) -> list[list[int]]:
     """Indices of ablations per batch: one layer per batch, neighbours by first removed position.
 
@@ -153,14 +153,18 @@ def plan_batches(
     ``seq_len`` a batch is closed once that gap would exceed ``max_waste`` of
     the recomputed length, so prefix reuse keeps paying on large batches. Gaps
     up to ``min_gap`` positions are always accepted: on short sequences a few
-    recomputed positions cost less than another traced pass.
+    recomputed positions cost less than another traced pass. ``reuse_start``
+    maps a first removed position to the first position the removal can change
+    (:meth:`Adapter.first_changed`: an image block's first token under
+    bidirectional attention), which is what a row really recomputes from.
     """
     end = seq_len or 0
-    order = sorted(range(len(ablations)), key=lambda i: (ablations[i].layer, ablations[i].first(end)))
+    start = reuse_start or (lambda p: p)
+    order = sorted(range(len(ablations)), key=lambda i: (ablations[i].layer, start(ablations[i].first(end))))
     batches: list[list[int]] = []
     prefix = 0
     for i in order:
-        first = ablations[i].first(end)
+        first = start(ablations[i].first(end))
         if (
             batches
             and len(batches[-1]) < batch_size
@@ -172,6 +176,11 @@ def plan_batches(
             batches.append([i])
             prefix = first
     return batches
+
+
+def reuse_start(vlm: VisionLM, clean: CleanPass) -> Callable[[int], int]:
+    """The first position a removal starting at ``p`` can change, for this sample (see plan_batches)."""
+    return lambda p: vlm.adapter.first_changed(clean.layout, p)
 
 
 def auto_batch_size(vlm: VisionLM, clean: CleanPass) -> int:
@@ -200,7 +209,7 @@ def run_ablations(
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield ``(indices, logprobs)`` per batch; logprobs is (B, m, V) float64 at the scored positions."""
     batch_size = batch_size or auto_batch_size(vlm, clean)
-    for batch in plan_batches(ablations, batch_size, clean.seq_len):
+    for batch in plan_batches(ablations, batch_size, clean.seq_len, reuse_start=reuse_start(vlm, clean)):
         yield batch, _ablated_pass(vlm, clean, [ablations[i] for i in batch], reuse_prefix)
 
 

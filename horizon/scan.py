@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .ablation import Ablation, clean_pass, ensure_maskable_attention, plan_batches, auto_batch_size, run_ablations
+from .ablation import (Ablation, auto_batch_size, clean_pass, ensure_maskable_attention, plan_batches, reuse_start,
+                       run_ablations)
 from .data import Sample, as_samples
 from .decoding import DECODING_RULES, Decoding
 from .errors import HorizonError, SampleError
@@ -292,7 +293,8 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     # null ablations ride in the same batches as the real ones, so they see the same arithmetic
     ablations = real + null_ablations(visual, layers, cfg.protocol)
     batch_size = cfg.batch_size or auto_batch_size(vlm, clean)
-    n_batches = len(plan_batches(ablations, batch_size, clean.seq_len)) + (1 if cfg.protocol == "keep" else 0)
+    planned = plan_batches(ablations, batch_size, clean.seq_len, reuse_start=reuse_start(vlm, clean))
+    n_batches = len(planned) + (1 if cfg.protocol == "keep" else 0)
 
     values = {m: np.zeros(len(ablations), dtype=np.float32) for m in cfg.metrics}
     n_real = len(real)

@@ -94,3 +94,13 @@ def test_grid_views_map_regions_into_the_family_view():
              ImageGrid(8, 2, 2)]
     assert Cropping().grid_views(None, (100, 50), grids) == [(10.0, 0.0, 50.0, 50.0), (50.0, 0.0, 90.0, 50.0),
                                                              (10.0, 0.0, 90.0, 50.0)]
+
+
+def test_batch_plan_groups_removals_by_where_they_start_changing_things():
+    from horizon.ablation import Ablation, plan_batches
+
+    # removals spread over a 200-token bidirectional block starting at 100: each changes everything from 100 on
+    ablations = [Ablation(0, (p,)) for p in range(100, 300, 10)]
+    block_start = (lambda p: 100 if 100 <= p < 300 else p)
+    assert len(plan_batches(ablations, 64, 400, min_gap=0)) > 1
+    assert len(plan_batches(ablations, 64, 400, min_gap=0, reuse_start=block_start)) == 1
