@@ -198,3 +198,29 @@ def test_family_taking_one_image_refuses_before_loading_weights(checkpoints, tmp
     single.write_text(json.dumps({"id": "s", "image": "img/0-0.png", "question": "q?", "answer": "red"}) + "\n")
     assert (horizon.scan(checkpoints["llava"], single, layers="0", progress=False).samples.status == "ok").all()
     assert len(one_image_family) == 1
+
+
+@pytest.mark.parametrize("name", sorted(set(__import__("conftest").CONTRACT) - {"llava", "qwen2_5_vl"}))
+def test_two_images_every_family_engine_equals_physical_deletion(models, tmp_path, name):
+    """Every other family on a prompt with two images (the contract image and its transpose): a window of each
+    image, removed at the first and the last layer, scores as physical deletion does."""
+    from conftest import FAMILIES
+    from horizon.ablation import Ablation, clean_pass, run_ablations
+
+    vlm = models[name]
+    h, w = FAMILIES[name]["image"]
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray((rng.random((hh, ww, 3)) * 255).astype("uint8")) for hh, ww in [(h, w), (w, h)]]
+    inputs = vlm.adapter.encode(vlm.processor, images, vlm.adapter.prompt(vlm.processor, "what is it?", 2))
+    grids = vlm.adapter.grids(vlm.hf, inputs)
+    assert sorted({g.image for g in grids}) == [0, 1]
+    groups = tile(grids, 2)
+    picks = [next(g for g in groups if g.image == 0), [g for g in groups if g.image == 1][-1]]
+    seq = inputs["input_ids"].shape[1]
+    clean = clean_pass(vlm, inputs, [seq - 1])
+    for layer in (0, vlm.n_layers - 1):
+        ablations = [Ablation(layer, g.positions) for g in picks]
+        got = torch.cat([logq for _, logq in run_ablations(vlm, clean, ablations, batch_size=2)])
+        for row, g in enumerate(picks):
+            ref = deleted_logits(vlm, inputs, layer, g.positions)[0, kept_index(seq, g.positions, seq - 1)]
+            assert (got[row, 0] - torch.log_softmax(ref.double(), -1)).abs().max() <= TOL, (layer, g.image)
