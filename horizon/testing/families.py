@@ -1,4 +1,5 @@
-"""Tiny random-weight checkpoints of the families beyond LLaVA-1.5, Qwen2/2.5-VL and Mistral 3.
+"""Tiny random-weight checkpoints of LLaVA-NeXT, LLaVA-OneVision and Qwen3-VL (the other families' builders
+are in :mod:`horizon.tiny` and the ``tiny_*`` modules next to this one).
 
 Like :mod:`horizon.tiny` (whose ``build_tiny`` dispatches here), each builder instantiates the REAL transformers
 config, ``...ForConditionalGeneration`` and (PIL) image-processor classes with
@@ -27,7 +28,6 @@ from pathlib import Path
 import torch
 
 from horizon.tiny import CORPUS, train_tokenizer
-
 
 EXTRA_CORPUS = [
     "<|im_start|>user <|im_end|> <|im_start|>assistant",
