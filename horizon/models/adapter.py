@@ -132,7 +132,8 @@ class Adapter:
 
         Lets the engine run the last layer for the scored rows only: the other
         rows contribute keys and values and nothing else. Written for the
-        Llama-style layer that LLaVA and Qwen-VL share; shapes (B, kv_heads, n, head_dim).
+        Llama-style layer most families share (with Qwen3's and Gemma 3's key
+        norm); shapes (B, kv_heads, n, head_dim).
         """
         attn = layer.self_attn
         device = execution_device(attn.k_proj)  # the layer's own device under a device map
@@ -154,9 +155,10 @@ class Adapter:
         """Attention weights (heads, n) of the last position over all n positions, computed explicitly.
 
         sdpa and flash attention never materialise the weights, so FastV's
-        criterion is recomputed here from the layer's own projections (under
-        causal attention the last position attends to every position, so the
-        layer's ``attention_mask`` is not needed; families with windows use it).
+        criterion is recomputed here from the layer's own projections, with the
+        attention's q/k norms and logit softcapping where it has them, and the
+        last row of the layer's ``attention_mask`` where one is given (a
+        sliding window hides early positions from the last one).
         ``hidden`` is the layer's input (1, n, D).
         """
         attn = layer.self_attn
@@ -170,6 +172,12 @@ class Adapter:
         query, _ = self.apply_rotary(query, query, cos[:, -1:], sin[:, -1:])
         keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # grouped-query heads
         scores = (query.float() @ keys.float().transpose(-1, -2)) * attn.scaling
+        cap = getattr(attn, "attn_logit_softcapping", None)  # Gemma-style attention logit softcapping
+        if cap is not None:
+            scores = torch.tanh(scores / cap) * cap
+        if attention_mask is not None:
+            row = attention_mask[0, 0, -1:].to(scores.device)  # (1, n): the last query's row
+            scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
         return torch.softmax(scores, dim=-1)[0, :, 0]
 
     # -- per-position inputs of the decoder stack ------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import HorizonError
-from .adapter import Adapter, execution_device, register_adapter
+from .adapter import Adapter, register_adapter
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -118,31 +118,4 @@ class Gemma3Adapter(Adapter):
 
         return DynamicCache()
 
-    # -- attention recomputed for pruning (q_norm / k_norm before RoPE) --
-    def key_values(self, layer, hidden, position_embeddings):
-        attn = layer.self_attn
-        device = execution_device(attn.k_proj)
-        x = layer.input_layernorm(hidden.to(device))
-        shape = (*x.shape[:-1], -1, attn.head_dim)
-        keys = attn.k_norm(attn.k_proj(x).view(shape).transpose(1, 2))
-        values = attn.v_proj(x).view(shape).transpose(1, 2)
-        cos, sin = (t.to(device) for t in position_embeddings)
-        _, keys = self.apply_rotary(keys, keys, cos, sin)
-        return keys, values
-
-    def last_token_attention(self, layer, hidden, position_embeddings, attention_mask=None):
-        """As the base class, with q_norm, the query_pre_attn_scalar scaling, softcapping and the layer's mask row."""
-        attn = layer.self_attn
-        keys, _ = self.key_values(layer, hidden, position_embeddings)
-        x = layer.input_layernorm(hidden[:, -1:].to(keys.device))
-        query = attn.q_norm(attn.q_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2))
-        cos, sin = (t.to(keys.device) for t in position_embeddings)
-        query, _ = self.apply_rotary(query, query, cos[:, -1:], sin[:, -1:])
-        keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)
-        scores = (query.float() @ keys.float().transpose(-1, -2)) * attn.scaling
-        if attn.attn_logit_softcapping is not None:
-            scores = torch.tanh(scores / attn.attn_logit_softcapping) * attn.attn_logit_softcapping
-        if attention_mask is not None:
-            row = attention_mask[0, 0, -1:].to(scores.device)  # (1, n): the last query's row
-            scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
-        return torch.softmax(scores, dim=-1)[0, :, 0]
+    # key_values / last_token_attention: the base class's, which applies q/k norms, softcapping and the mask row
