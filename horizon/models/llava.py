@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..errors import HorizonError
 from .adapter import Adapter, register_adapter
+from .processors import image_processor_setting
 
 
 @register_adapter
@@ -32,10 +31,7 @@ class LlavaAdapter(Adapter):
         w, h = size
 
         def setting(name):
-            value = getattr(ip, name, None)
-            if dataclasses.is_dataclass(value):  # transformers' SizeDict
-                value = dataclasses.asdict(value)
-            return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+            return image_processor_setting(ip, name)
 
         # canvas: the image after padding, as (left, top, width, height) in original pixels
         left, top, cw, ch = 0, 0, w, h

@@ -25,7 +25,7 @@ import torch
 from ..errors import HorizonError
 from ..groups import ImageGrid
 from .adapter import Adapter, register_adapter
-from .processors import without_video
+from .processors import image_processor_setting, without_video
 
 
 def _best_resolution(size_hw: tuple[int, int], pinpoints: list[list[int]]) -> tuple[int, int]:
@@ -34,6 +34,11 @@ def _best_resolution(size_hw: tuple[int, int], pinpoints: list[list[int]]) -> tu
     from transformers.image_processing_utils import select_best_resolution
 
     return tuple(int(x) for x in select_best_resolution(list(size_hw), pinpoints))
+
+
+def _feature_side(vision_config: Any) -> int:
+    """Features per side of one tile (and of the base image): the tower's input side over its patch size."""
+    return vision_config.image_size // vision_config.patch_size
 
 
 def _fitted(size_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int]:
@@ -57,28 +62,22 @@ class LlavaNextAdapter(Adapter):
         return "model.multi_modal_projector"
 
     # -- geometry --------------------------------------------------------
-    def _side(self, model: torch.nn.Module) -> int:
-        vc = model.config.vision_config
-        return vc.image_size // vc.patch_size
-
-    def high_res_shape(self, config: Any, size_hw: tuple[int, int]) -> tuple[int, int, int]:
-        """(rows, cols, pad) of an image's high-res grid; ``pad`` feature rows (or columns, when the image is
-        taller than its canvas is wide) were unpadded from each side of the stitched tile features."""
+    def high_res_shape(self, config: Any, size_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(rows, cols, pad_rows, pad_cols) of an image's high-res grid: the stitched tile features less the
+        ``pad_rows`` feature rows (image wider than its canvas) or ``pad_cols`` columns unpadded from each side."""
         vc = config.vision_config
-        side = vc.image_size // vc.patch_size
+        side = _feature_side(vc)
         best_h, best_w = _best_resolution(size_hw, config.image_grid_pinpoints)
         rows, cols = best_h // vc.image_size * side, best_w // vc.image_size * side
         h, w = size_hw
         if w / h > cols / rows:  # wider than the canvas: padding rows above and below
-            new = int(round(h * (cols / w), 7))
-            pad = (rows - new) // 2
-            return rows - 2 * pad, cols, pad
-        new = int(round(w * (rows / h), 7))
-        pad = (cols - new) // 2
-        return rows, cols - 2 * pad, pad
+            pad = (rows - int(round(h * (cols / w), 7))) // 2
+            return rows - 2 * pad, cols, pad, 0
+        pad = (cols - int(round(w * (rows / h), 7))) // 2
+        return rows, cols - 2 * pad, 0, pad
 
     def final_high_res_shape(self, config: Any, size_hw: tuple[int, int]) -> tuple[int, int]:
-        rows, cols, _ = self.high_res_shape(config, size_hw)
+        rows, cols, _, _ = self.high_res_shape(config, size_hw)
         return rows, cols
 
     def uses_high_res(self, n_images: int) -> bool:
@@ -98,7 +97,7 @@ class LlavaNextAdapter(Adapter):
         if sizes is None:
             raise HorizonError(f"{self.name}: the processor output has no image_sizes to read the grids from")
         sizes = [tuple(int(x) for x in s) for s in torch.as_tensor(sizes).tolist()]
-        side = self._side(model)
+        side = _feature_side(cfg.vision_config)
         per_prompt = inputs.get("batch_num_images")
         high_res = self.uses_high_res(int(per_prompt[0]) if per_prompt is not None else len(sizes))
         grids, at = [], 0  # at: index into ``visual`` of the image's first token
@@ -137,36 +136,25 @@ class LlavaNextAdapter(Adapter):
         resize -- a hair past the image where rounding leaves a sliver of padding.
         """
         vc = config.vision_config
-        h, w = size_hw
         best_h, best_w = _best_resolution(size_hw, config.image_grid_pinpoints)
         new_h, new_w = _fitted(size_hw, (best_h, best_w))
         paste_y, paste_x = (best_h - new_h) // 2, (best_w - new_w) // 2
-        rows, cols, pad = self.high_res_shape(config, size_hw)
-        px = vc.image_size / (vc.image_size // vc.patch_size)  # canvas pixels per feature
-        y0, y1, x0, x1 = 0.0, float(best_h), 0.0, float(best_w)
-        full_rows = best_h // vc.image_size * (vc.image_size // vc.patch_size)
-        if rows != full_rows:  # rows were unpadded
-            y0, y1 = pad * px, best_h - pad * px
-        else:
-            x0, x1 = pad * px, best_w - pad * px
+        _, _, pad_rows, pad_cols = self.high_res_shape(config, size_hw)
+        px = vc.image_size / _feature_side(vc)  # canvas pixels per feature
+        x0, y0 = pad_cols * px, pad_rows * px
+        x1, y1 = best_w - x0, best_h - y0
         return ((x0 - paste_x) / new_w, (y0 - paste_y) / new_h, (x1 - paste_x) / new_w, (y1 - paste_y) / new_h)
 
     def view(self, processor, size, grid):
         """The whole image: the base image is squashed onto the tower's square, and the high-res grid's
         ``region`` (set by :meth:`grids`) is relative to the whole image. Refuses processors that crop tiles."""
-        ip = getattr(processor, "image_processor", processor)
-
-        def setting(name: str) -> dict[str, int]:
-            value = getattr(ip, name, None)
-            items = value.items() if isinstance(value, dict) else vars(value).items() if value is not None else ()
-            return {k: int(v) for k, v in items if v is not None}
-
-        size_cfg = setting("size")
+        size_cfg = image_processor_setting(processor, "size") or {}
         side = size_cfg.get("shortest_edge") or size_cfg.get("height")
         if not side or size_cfg.get("width", side) != side:
             raise HorizonError(f"{self.name}: cannot map the grids of an image processor with size={size_cfg}")
-        crop = setting("crop_size")
-        if getattr(ip, "do_center_crop", False) and crop and (crop.get("height"), crop.get("width")) != (side, side):
+        crop = image_processor_setting(processor, "crop_size") or {}
+        crops = image_processor_setting(processor, "do_center_crop") and crop
+        if crops and (crop.get("height"), crop.get("width")) != (side, side):
             raise HorizonError(f"{self.name}: cannot map the grids of an image processor that crops its {side}px "
                                f"tiles to {crop}")
         w, h = size
@@ -183,8 +171,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     answer_separator = ""
 
     def final_high_res_shape(self, config: Any, size_hw: tuple[int, int]) -> tuple[int, int]:
-        rows, cols, _ = self.high_res_shape(config, size_hw)
-        side = config.vision_config.image_size // config.vision_config.patch_size
+        rows, cols = super().final_high_res_shape(config, size_hw)
+        side = _feature_side(config.vision_config)
         limit = int(str(getattr(config, "vision_aspect_ratio", "anyres_max_9")).removeprefix("anyres_max_"))
         ratio = math.sqrt(rows * cols / (limit * side**2))
         if ratio > 1.1:  # the model interpolates the grid down (bilinear), as transformers does

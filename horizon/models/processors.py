@@ -22,6 +22,17 @@ from ..errors import HorizonError
 log = logging.getLogger("horizon")
 
 
+def image_processor_setting(processor: Any, name: str) -> Any:
+    """Setting ``name`` of a processor's image processor: a size (transformers' ``SizeDict`` or a dict) as a
+    dict without its unset keys, anything else as it is (None when absent)."""
+    import dataclasses
+
+    value = getattr(getattr(processor, "image_processor", processor), name, None)
+    if dataclasses.is_dataclass(value):  # transformers' SizeDict
+        value = dataclasses.asdict(value)
+    return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+
 def fallback_warning(family: str, exc: Exception) -> None:
     """One complete line: what failed (the exception's first sentence, never a cut URL) and what to do."""
     first = re.split(r"(?<=\.)\s", " ".join(str(exc).split()), maxsplit=1)[0]
