@@ -12,7 +12,7 @@ from .errors import HorizonError, SampleError  # noqa: E402
 from .models import VisionLM, load  # noqa: E402
 from .scan import ScanConfig, ScanResult, scan  # noqa: E402
 from .data import Sample, read_jsonl  # noqa: E402
-from .store import read_run  # noqa: E402
+from .io.runs import read_run  # noqa: E402
 from .stats import StatsParams  # noqa: E402
 from .records import Horizon  # noqa: E402
 from .report import analyze  # noqa: E402

@@ -8,27 +8,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from .errors import HorizonError
 from .decoding import DECODING_RULES, Decoding
 from .records import VANISHING_TESTS
-from .store import LOG_NAME
+from .io.runs import LOG_NAME
 
 log = logging.getLogger("horizon")
 
 
 def _scan(args: argparse.Namespace) -> int:
     from .data import as_samples
+    from .io.runs import Shard, count_rows, read_table
     from .models import load, refuse_extra_images
-    from .scan import ScanConfig, scan
+    from .scan import ScanConfig, combined_shard, distributed_shard, scan
 
+    ranks = distributed_shard()  # under torchrun: this rank's share
+    shard = combined_shard(Shard.parse(args.shard) if args.shard else None, ranks)
     cfg = ScanConfig(
         layers=args.layers, group=args.group, protocol=args.protocol,
         metrics=tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None,
         target=args.target, answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
         limit=args.limit, on_error=args.on_error, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
+        shard=shard,
     )
     cfg.validate()  # fail on bad options before loading a model
     if not Path(args.data).is_file():
@@ -38,14 +43,68 @@ def _scan(args: argparse.Namespace) -> int:
     # a model family that cannot take the data's image count says so before its weights load
     refuse_extra_images(args.model, as_samples(args.data, strict=cfg.on_error == "stop"), args.data,
                         args.trust_remote_code)
-    vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+    device = args.device
+    if ranks is not None and args.device_map is None and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them on each node
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', ranks.index)) % torch.cuda.device_count()}"
+    # a rank torchrun restarted after a failure continues its shard
+    resume = args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    vlm = load(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
                device_map=_device_map(args.device_map), offload_folder=args.offload_folder,
                allow_unsafe_weights=args.allow_unsafe_weights)
-    result = scan(vlm, args.data, out=out, resume=args.resume, config=cfg, progress=not args.quiet)
-    ok = (result.samples.status == "ok").sum()
-    skipped = _skipped(result.samples)
-    print(f"run written to {out} ({ok} of {len(result.samples)} samples ok, {len(result.scores)} scores"
+    scan(vlm, args.data, out=out, resume=resume, config=cfg, progress=not args.quiet)
+    samples = read_table(out, "samples", columns=["sample_id", "status"])
+    ok = (samples.status == "ok").sum()
+    skipped = _skipped(samples)
+    mine = f"shard {shard} done; " if shard.count > 1 else ""
+    print(f"{mine}run written to {out} ({ok} of {len(samples)} samples ok, {count_rows(out, 'scores')} scores"
           + (f"; {skipped}" if skipped else "") + ")")
+    if shard.count > 1:
+        print(_status_table(out))
+    return 0
+
+
+def _status_table(run: Path) -> str:
+    """Per shard: done / total, errors, running, rate, time left; then the run's totals."""
+    from .io.runs import run_status
+
+    status = run_status(run)
+    lines = [f"{'shard':>9}  {'done':>13}  errors  {'state':<8}  {'samples/s':>9}  time left"]
+    for r in status.itertuples():
+        state = "running" if r.running else ("complete" if r.done >= r.total else "stopped")
+        rate = "-" if r.samples_per_s is None or r.samples_per_s != r.samples_per_s else f"{r.samples_per_s:.3g}"
+        eta = "-" if r.eta_s is None or r.eta_s != r.eta_s else _duration(r.eta_s)
+        lines.append(f"{r.shard:>9}  {f'{r.done}/{r.total}':>13}  {r.errors:>6}  {state:<8}  {rate:>9}  {eta}")
+    if len(status):
+        shards = {int(s.split("/")[1]) for s in status.shard}
+        seen = len(status)
+        total, done = int(status.total.sum()), int(status.done.sum())
+        etas = [e for e in status.eta_s if e is not None and e == e]
+        note = "" if len(shards) != 1 or seen == next(iter(shards)) else \
+            f"; {next(iter(shards)) - seen} shard(s) not started"
+        left = _duration(max(etas)) if etas and len(etas) == seen else "unknown"
+        lines.append(f"{'all':>9}  {f'{done}/{total}':>13}  {int(status.errors.sum()):>6}  time left {left} "
+                     f"(the slowest shard, shards running side by side){note}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .io.runs import read_config
+
+    read_config(Path(args.run))  # not a run: one line
+    if not (Path(args.run) / "shards").is_dir():
+        print(f"{args.run}: a run without shard manifests (written by hand or by an older horizon)")
+        return 0
+    print(_status_table(Path(args.run)))
     return 0
 
 
@@ -283,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="ablations per forward pass (default: automatic)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue a killed run (same configuration)")
+    s.add_argument("--shard", default=None, help="i/n: scan every n-th sample from the i-th into the shared --out "
+                   "(Slurm arrays, shell loops); under torchrun each rank takes its share of it")
     s.add_argument("--on-error", default="stop", choices=["stop", "skip"],
                    help="skip: record a bad sample's error in samples.parquet and go on")
     s.add_argument("--max-new-tokens", type=int, default=16, help="greedy answer length for clean_pred / --target pred")
@@ -292,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle (.bin) weights")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_scan)
+
+    st = sub.add_parser("status", help="done / total per shard of a run, and the time left")
+    st.add_argument("run", help="run directory")
+    st.set_defaults(func=_status)
 
     for name, func, text in (("analyze", _analyze, "horizon, uniformity and comparisons: tables and figures"),
                              ("plot", _plot, "figures only")):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +32,8 @@ from .errors import HorizonError, SampleError
 from .groups import Group, ImageGrid, tile
 from .models import VisionLM, load, refuse_extra_images
 from .scores import DEFAULT_METRICS, RAW_METRICS, check_metrics, keep_scores, remove_scores
-from .store import GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore
+from .io.runs import (GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore, Shard, read_config, read_table,
+                      with_image_column)
 
 log = logging.getLogger("horizon")
 
@@ -52,6 +55,7 @@ class ScanConfig:
     reuse_prefix: bool = True
     max_new_tokens: int = 16
     decoding: str = "checkpoint"  # checkpoint | greedy (horizon.decoding)
+    shard: str | Shard | None = None  # "i/n": every n-th sample from the i-th (horizon.io.runs.Shard)
 
     def validate(self) -> None:
         self.metrics = check_metrics(self.protocol, self.metrics or DEFAULT_METRICS.get(self.protocol, ()))
@@ -66,17 +70,61 @@ class ScanConfig:
             raise HorizonError(f"--batch-size must be positive, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise HorizonError(f"--limit must be positive, got {self.limit}")
+        if isinstance(self.shard, str):
+            self.shard = Shard.parse(self.shard)
 
 
-@dataclass
+def distributed_shard(environ: Mapping[str, str] = os.environ) -> Shard | None:
+    """This process's shard under ``torchrun`` (or any launcher that sets torch.distributed's RANK and
+    WORLD_SIZE): rank r of w scans every w-th sample from the r-th. None outside such a launch."""
+    try:
+        world, rank = int(environ.get("WORLD_SIZE", "1")), int(environ.get("RANK", "0"))
+    except ValueError:
+        raise HorizonError(f"torch.distributed environment: RANK={environ.get('RANK')!r}, "
+                           f"WORLD_SIZE={environ.get('WORLD_SIZE')!r} are not integers") from None
+    return Shard(rank, world) if world > 1 else None
+
+
+def combined_shard(explicit: Shard | None, ranks: Shard | None) -> Shard:
+    """``--shard i/n`` split further over the ranks of a launch: shard i*w + r of n*w (w ranks, rank r)."""
+    explicit, ranks = explicit or Shard(), ranks or Shard()
+    return Shard(explicit.index * ranks.count + ranks.index, explicit.count * ranks.count)
+
+
 class ScanResult:
-    """The tidy frames a scan produces (the same tables the run directory holds)."""
+    """The tidy frames a scan produces (the same tables the run directory holds).
 
-    samples: pd.DataFrame
-    groups: pd.DataFrame
-    scores: pd.DataFrame
-    config: dict[str, Any] = field(default_factory=dict)
-    run_dir: Path | None = None
+    For a scan written to a run directory the frames are read from it when
+    first asked for (a study's scores need not fit in memory until then), and
+    they cover every shard's committed samples.
+    """
+
+    def __init__(self, samples: pd.DataFrame | None = None, groups: pd.DataFrame | None = None,
+                 scores: pd.DataFrame | None = None, config: dict[str, Any] | None = None,
+                 run_dir: Path | None = None):
+        self._frames = {"samples": samples, "groups": groups, "scores": scores}
+        self.config = config or {}
+        self.run_dir = run_dir
+
+    def _frame(self, name: str) -> pd.DataFrame:
+        if self._frames[name] is None:
+            if self.run_dir is None:
+                raise AttributeError(name)
+            frame = read_table(self.run_dir, name)
+            self._frames[name] = with_image_column(frame) if name == "groups" else frame
+        return self._frames[name]
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        return self._frame("samples")
+
+    @property
+    def groups(self) -> pd.DataFrame:
+        return self._frame("groups")
+
+    @property
+    def scores(self) -> pd.DataFrame:
+        return self._frame("scores")
 
 
 def parse_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
@@ -399,10 +447,34 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
     }
 
 
-def _advance(bar: Any, n: float) -> None:
-    """Move the bar to ``n`` (set, not added: sums of 1/k overshoot 1 by rounding and tqdm then warns)."""
-    bar.n = n
-    bar.update(0)
+class _Progress:
+    """The progress line (samples done, samples/s, time left, shard) and, every ``every`` seconds, the same in the log:
+    a terminal shows the bar, a cluster job's log file gets the lines."""
+
+    def __init__(self, total: int, shard: Shard, enabled: bool, every: float = 60.0):
+        where = f" shard {shard}" if shard.count > 1 else ""
+        self.label, self.total, self.every = f"scan{where}", total, every
+        self.bar = tqdm(total=total, unit="sample", disable=not enabled, dynamic_ncols=True, desc=self.label,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} samples "
+                                   "[{elapsed}<{remaining}, {rate_fmt}]")
+        self.start = self.last = time.monotonic()
+
+    def to(self, n: float) -> None:
+        """Move to ``n`` samples (set, not added: sums of 1/k overshoot by rounding and tqdm then warns)."""
+        self.bar.n = n
+        self.bar.update(0)
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info("%s", self.line(n, now - self.start))
+
+    def line(self, n: float, seconds: float) -> str:
+        rate = n / seconds if seconds > 0 else 0.0
+        left = f"{(self.total - n) / rate:.0f} s left" if rate > 0 else "time left unknown"
+        return f"{self.label}: {n:.0f}/{self.total} samples, {rate:.3g} samples/s, {left}"
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _seed(seed: int) -> None:
@@ -448,47 +520,50 @@ def scan(
     layers = parse_layers(cfg.layers, vlm.n_layers)
     meta = run_config(vlm, cfg, layers, data_name)
 
-    store = RunStore(out) if out is not None else None
+    shard = cfg.shard or Shard()
+    store = RunStore(out, shard) if out is not None else None
     if store:
         store.open(meta, resume)
-    done = store.completed() if store else set()
-    todo = [s for s in records if s.id not in done]
-    if done:
-        log.info("resuming: %d of %d samples already done", len(records) - len(todo), len(records))
-
-    rows, group_frames, score_frames = [], [], []
-    _seed(cfg.seed)
-    bar = tqdm(total=len(todo), unit="sample", disable=not progress, dynamic_ncols=True, desc="scan",
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} samples [{elapsed}<{remaining}]")
     try:
-        for sample in todo:
-            start = bar.n
-            try:
-                row, groups, scores = scan_sample(vlm, sample, cfg, layers, on_batch=lambda f, at=start: _advance(bar, at + f))
-            except SampleError as exc:
-                if cfg.on_error == "stop":
-                    raise
-                log.warning("skipping %s", exc)
-                row = {"sample_id": sample.id, "task": sample.task, "question": sample.question,
-                       "answer": sample.answer, "image": str(sample.image), "status": f"error: {exc.reason}"}
-                groups = pd.DataFrame(columns=GROUP_COLUMNS)
-                scores = pd.DataFrame(columns=SCORE_COLUMNS)
-            bar.n = start + 1
-            bar.refresh()
-            if store:
-                store.add(row, groups, scores)
-            else:
-                rows.append(row)
-                group_frames.append(groups)
-                score_frames.append(scores)
+        mine = shard.take(records)
+        done = store.completed() if store else set()
+        todo = [s for s in mine if s.id not in done]
+        if store:
+            store.begin(len(mine), len(mine) - len(todo))
+        if len(todo) < len(mine):
+            log.info("resuming%s: %d of %d samples already done", f" shard {shard}" if shard.count > 1 else "",
+                     len(mine) - len(todo), len(mine))
+
+        rows, group_frames, score_frames = [], [], []
+        _seed(cfg.seed)
+        bar = _Progress(len(todo), shard, progress)
+        try:
+            for n, sample in enumerate(todo):
+                try:
+                    row, groups, scores = scan_sample(vlm, sample, cfg, layers, on_batch=lambda f, at=n: bar.to(at + f))
+                except SampleError as exc:
+                    if cfg.on_error == "stop":
+                        raise
+                    log.warning("skipping %s", exc)
+                    row = {"sample_id": sample.id, "task": sample.task, "question": sample.question,
+                           "answer": sample.answer, "image": str(sample.image), "status": f"error: {exc.reason}"}
+                    groups = pd.DataFrame(columns=GROUP_COLUMNS)
+                    scores = pd.DataFrame(columns=SCORE_COLUMNS)
+                bar.to(n + 1)
+                if store:
+                    store.add(row, groups, scores)
+                else:
+                    rows.append(row)
+                    group_frames.append(groups)
+                    score_frames.append(scores)
+        finally:
+            bar.close()
     finally:
-        bar.close()
+        if store:
+            store.close()
 
     if store:
-        from .store import read_run
-
-        run = read_run(store.path)
-        return ScanResult(run["samples"], run["groups"], run["scores"], run["config"], store.path)
+        return ScanResult(config=read_config(store.path), run_dir=store.path)
     samples_df = pd.DataFrame([{k: r.get(k) for k in SAMPLE_COLUMNS} for r in rows], columns=SAMPLE_COLUMNS)
     groups_df = pd.concat(group_frames, ignore_index=True) if group_frames else pd.DataFrame(columns=GROUP_COLUMNS)
     scores_df = pd.concat([f for f in score_frames if len(f)], ignore_index=True) if any(len(f) for f in score_frames) else pd.DataFrame(columns=SCORE_COLUMNS)

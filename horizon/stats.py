@@ -101,7 +101,7 @@ def model_name(config: dict[str, Any], run: Path) -> str:
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Read run directories (DESIGN §3), validating the columns the analysis needs."""
-    from .store import read_scores
+    from .io.runs import read_scores
 
     runs = []
     for path in map(Path, paths):
@@ -123,7 +123,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 def _floor(config: dict[str, Any], samples: pd.DataFrame) -> dict[str, float]:
     """The run's numerical floor per metric: from its samples when they carry one, else run.json, else none."""
-    from .store import run_floor
+    from .io.runs import run_floor
 
     floor = run_floor(samples) or config.get("numerical_floor") or {}
     return {str(k): float(v) for k, v in floor.items()}

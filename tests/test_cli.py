@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from horizon.cli import main
-from horizon.store import read_run
+from horizon.io.runs import read_run
 
 HORIZON = [sys.executable, "-m", "horizon.cli"]
 
@@ -28,30 +28,38 @@ def test_run_directory_matches_schema(checkpoints, dataset, tmp_path):
     out = tmp_path / "run"
     assert main(scan_args(checkpoints["qwen2_5_vl"], dataset("qwen2_5_vl", 2), out, "--metric", "kl,dlogp,dprob")) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"run.json", "samples.parquet", "groups.parquet", "scores", "scan.log"}
+    assert names == {"run.json", "samples", "groups", "scores", "shards", "scan.log"}
+    # one part per sample in each table, named by shard and sequence; the shard's manifest and lock
+    for table in ("samples", "groups", "scores"):
+        assert sorted(p.name for p in (out / table).iterdir()) == [f"0000-of-0001-000000{i}.parquet" for i in (0, 1)]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["0000-of-0001.json", "0000-of-0001.lock", "run.lock"]
+    manifest = json.loads((out / "shards" / "0000-of-0001.json").read_text())
+    assert (manifest["done"], manifest["total"], manifest["errors"], manifest["complete"]) == (2, 2, 0, True)
     config = json.loads((out / "run.json").read_text())
     for key in ("model", "adapter", "dtype", "device", "protocol", "metrics", "group", "layers", "target",
                 "answer_span", "seed", "versions", "config_hash"):
         assert key in config, key
     assert config["layers"] == [0, 1, 2] and config["metrics"] == ["kl", "dlogp", "dprob"]
     # the numerical floor: per metric, the largest of the samples' floors (each a JSON object in samples.parquet)
-    per_sample = [json.loads(f) for f in pd.read_parquet(out / "samples.parquet")["floor"]]
+    per_sample = [json.loads(f) for f in pd.read_parquet(out / "samples")["floor"]]
     assert set(config["numerical_floor"]) == {"kl", "dlogp", "dprob"} and config["numerical_floor_method"]
     for metric, value in config["numerical_floor"].items():
         assert value == max(f[metric] for f in per_sample) and 0 <= value < 1e-6
 
-    samples = pq.read_table(out / "samples.parquet").schema
-    expected = {"sample_id": "string", "task": "string", "question": "string", "answer": "string",
-                "input_ids": "list<element: int64>", "answer_ids": "list<element: int64>", "scored_offset": "int64",
-                "scored_text": "string", "image": "string",
-                "n_visual": "int64", "grid_h": "int64", "grid_w": "int64", "clean_logp": "double",
-                "clean_pred": "string", "status": "string", "floor": "string", "images": "string"}
-    assert {f.name: str(f.type).replace("large_", "").replace("item", "element") for f in samples} == expected
-    groups = pq.read_table(out / "groups.parquet").schema
-    assert [f.name for f in groups] == ["sample_id", "group", "row", "col", "positions", "image", "grid"]
-    part = pq.read_table(next((out / "scores").glob("*.parquet"))).schema
-    assert [(f.name, str(f.type).replace("large_", "")) for f in part] == [
-        ("sample_id", "string"), ("layer", "int64"), ("group", "int64"), ("metric", "string"), ("value", "float")]
+    def types(table):
+        schema = pq.read_schema(next((out / table).glob("*.parquet")))
+        return {f.name: str(f.type).replace("large_", "").replace("item", "element") for f in schema}
+
+    assert types("samples") == {
+        "sample_id": "string", "task": "string", "question": "string", "answer": "string",
+        "input_ids": "list<element: int32>", "answer_ids": "list<element: int32>", "scored_offset": "int32",
+        "scored_text": "string", "image": "string", "n_visual": "int32", "grid_h": "int32", "grid_w": "int32",
+        "clean_logp": "double", "clean_pred": "string", "status": "string", "floor": "string", "images": "string"}
+    ids = "dictionary<values=string, indices=int32, ordered=0>"
+    assert types("groups") == {"sample_id": ids, "group": "int32", "row": "int16", "col": "int16",
+                               "positions": "list<element: int32>", "image": "int16", "grid": "int16"}
+    assert types("scores") == {"sample_id": ids, "layer": "int16", "group": "int32",
+                               "metric": "dictionary<values=string, indices=int8, ordered=0>", "value": "float"}
     run = read_run(out)
     assert len(run["scores"]) == 2 * 3 * 6 * 3  # samples x layers x groups (3x5 grid, k=2: 2x3 windows) x metrics
     assert run["samples"].grid_h.tolist() == [3, 3] and run["samples"].grid_w.tolist() == [5, 5]
@@ -63,10 +71,8 @@ def test_run_directory_matches_schema(checkpoints, dataset, tmp_path):
 
 
 def _rows(path: Path) -> int:
-    try:
-        return pq.read_metadata(path).num_rows
-    except Exception:
-        return 0
+    """Committed samples of a run: its samples/ parts."""
+    return len(list((path / "samples").glob("*.parquet"))) if (path / "samples").is_dir() else 0
 
 
 def test_sigkill_then_resume_gives_identical_scores(checkpoints, dataset, tmp_path):
@@ -78,11 +84,11 @@ def test_sigkill_then_resume_gives_identical_scores(checkpoints, dataset, tmp_pa
     proc = subprocess.Popen(HORIZON + scan_args(model, data, killed, "--group", "1", "--batch-size", "1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
-    while _rows(killed / "samples.parquet") < 2 and proc.poll() is None and time.time() < deadline:
+    while _rows(killed) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = _rows(killed / "samples.parquet")
+    done = _rows(killed)
     assert 2 <= done < n, f"the kill did not land mid-run ({done} of {n} samples done)"
 
     assert main(scan_args(model, data, killed, "--group", "1", "--resume")) == 0
@@ -111,7 +117,8 @@ def test_resume_removes_temporary_files_a_kill_left(checkpoints, dataset, tmp_pa
     """A SIGKILL inside an atomic write leaves `.name.tmp-PID`; the resumed run must not keep it."""
     data, out = dataset("llava", 2), tmp_path / "run"
     assert main(scan_args(checkpoints["llava"], data, out, "--group", "2", "--limit", "1")) == 0
-    left = [out / ".run.json.tmp-4242", out / ".samples.parquet.tmp-4242", out / "scores" / ".part-000001.parquet.tmp-7"]
+    left = [out / ".run.json.tmp-4242", out / "samples" / ".0000-of-0001-0000001.parquet.tmp-4242",
+            out / "scores" / ".0000-of-0001-0000001.parquet.tmp-7", out / "shards" / ".0000-of-0001.json.tmp-7"]
     for path in left:
         path.write_bytes(b"half a file")
     assert main(scan_args(checkpoints["llava"], data, out, "--group", "2", "--resume")) == 0

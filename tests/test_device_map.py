@@ -69,7 +69,7 @@ def test_cli_device_map_file_and_errors(checkpoints, models, dataset, tmp_path, 
     assert main([*args, "--out", str(tmp_path / "a"), "--device", "cpu", "--device-map", str(mapping),
                  "--offload-folder", str(tmp_path / "off")]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
-    from horizon.store import read_run
+    from horizon.io.runs import read_run
 
     a, b = read_run(tmp_path / "a"), read_run(tmp_path / "b")
     assert np.abs(a["scores"].value.to_numpy() - b["scores"].value.to_numpy()).max() <= 1e-6

@@ -470,7 +470,7 @@ def test_token_heatmaps_tiles_and_thumbnail(tmp_path):
 
 
 def test_groups_of_runs_without_a_grid_column_lie_on_their_image(tmp_path):
-    from horizon.store import with_image_column
+    from horizon.io.runs import with_image_column
 
     old = pd.DataFrame({"sample_id": ["a", "a"], "group": [0, 1], "row": [0, 0], "col": [0, 1],
                         "positions": [[1], [2]], "image": [0, 1]})

@@ -40,7 +40,7 @@ from ..errors import HorizonError, SampleError
 from ..models import VisionLM, load, refuse_extra_images
 from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
-from ..store import atomic_write_bytes, check_resume, config_hash
+from ..io.runs import atomic_write_bytes, check_resume, config_hash
 from .generate import Generation, generate, prefill_flops, sample_seed
 from .schedule import Schedule, parse_schedule
 
@@ -209,7 +209,7 @@ class InfoScores:
     """Per-position information from a scan run, for ``info`` stages."""
 
     def __init__(self, run: str | Path, metric: str | None):
-        from ..store import read_run
+        from ..io.runs import read_run
 
         data = read_run(run)
         self.run = Path(run)

@@ -1,0 +1,1 @@
+"""Files horizon reads and writes: the run store (``runs``)."""

@@ -1,0 +1,539 @@
+"""The run directory (DESIGN §3): run.json, and the samples, groups and scores tables as append-only parts.
+
+Layout written by ``horizon scan``::
+
+    run.json                        the configuration (hashed keys: a resume must match them)
+    samples/0000-of-0001-0000000.parquet   one part per sample: its row
+    groups/0000-of-0001-0000000.parquet    its groups
+    scores/0000-of-0001-0000000.parquet    its scores, long form
+    shards/0000-of-0001.json        the shard's manifest: done / total, rate, floor (constant size)
+    shards/0000-of-0001.lock        held (flock) while a process writes the shard
+
+A part is named ``<shard>-of-<shards>-<sequence>``; every file is written
+atomically (temporary name, then rename) and a sample is committed when its
+``samples/`` part lands, which is written last. So the cost of adding a
+sample does not grow with the run, a killed process leaves only whole samples
+behind, shards (ranks of ``torchrun``, Slurm array tasks, ``--shard i/n``)
+write into one directory side by side, and readers see one run: the union of
+the committed parts.
+
+Older layouts still read: ``samples.parquet`` / ``groups.parquet`` single
+files and ``scores.parquet`` or a ``scores/`` folder of parts with any names
+(hand-made runs, runs of earlier versions). Tables are stored in compact
+types: dictionary-encoded sample ids and metric names (pandas categoricals
+when read), int16 layers, int32 groups, float32 values.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import HorizonError
+
+LOG_NAME = "scan.log"  # the only file besides the schema's that a run may hold
+TABLES = ("samples", "groups", "scores")
+SAMPLE_COLUMNS = [
+    "sample_id", "task", "question", "answer", "input_ids", "answer_ids", "scored_offset", "scored_text", "image",
+    "n_visual", "grid_h", "grid_w", "clean_logp", "clean_pred", "status", "floor", "images",
+]
+FLOOR_METHOD = ("largest over the samples of: the |score| of null ablations (one per scanned layer: remove nothing, or "
+                "keep nothing against the keep baseline) run in the same batches as the real ablations, and how far "
+                "each real ablation's score moves when both distributions' logits move by +-4 eps max|logit|")
+GROUP_COLUMNS = ["sample_id", "group", "row", "col", "positions", "image", "grid"]
+SCORE_COLUMNS = ["sample_id", "layer", "group", "metric", "value"]
+
+_ID = pa.dictionary(pa.int32(), pa.string())
+SCHEMAS = {
+    "samples": pa.schema([
+        ("sample_id", pa.string()), ("task", pa.string()), ("question", pa.string()), ("answer", pa.string()),
+        ("input_ids", pa.list_(pa.int32())), ("answer_ids", pa.list_(pa.int32())), ("scored_offset", pa.int32()),
+        ("scored_text", pa.string()), ("image", pa.string()), ("n_visual", pa.int32()), ("grid_h", pa.int32()),
+        ("grid_w", pa.int32()), ("clean_logp", pa.float64()), ("clean_pred", pa.string()), ("status", pa.string()),
+        ("floor", pa.string()), ("images", pa.string()),
+    ]),
+    "groups": pa.schema([
+        ("sample_id", _ID), ("group", pa.int32()), ("row", pa.int16()), ("col", pa.int16()),
+        ("positions", pa.list_(pa.int32())), ("image", pa.int16()), ("grid", pa.int16()),
+    ]),
+    "scores": pa.schema([
+        ("sample_id", _ID), ("layer", pa.int16()), ("group", pa.int32()), ("metric", pa.dictionary(pa.int8(), pa.string())),
+        ("value", pa.float32()),
+    ]),
+}
+PART = re.compile(r"^(\d{4,})-of-(\d{4,})-(\d{7,})\.parquet$")
+
+# Keys of run.json that define the results; a resume must match them all.
+HASHED_KEYS = (
+    "model", "adapter", "dtype", "protocol", "metrics", "group", "layers",
+    "target", "answer_span", "seed", "data", "max_new_tokens", "decoding", "scored_token", "logits",
+)
+
+
+def config_hash(config: dict[str, Any], keys: Sequence[str] = HASHED_KEYS) -> str:
+    payload = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> str:
+    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+
+
+def check_resume(meta: Path, config: dict[str, Any], keys: Sequence[str], resume: bool, what: str) -> bool:
+    """Whether ``meta`` (run.json, eval.json) already exists and ``config`` may continue it.
+
+    ``config`` must carry its ``config_hash``. Refuses, naming ``what`` the
+    directory holds, a rerun without ``resume`` and a resume whose hashed keys
+    differ (listing them).
+    """
+    if not meta.exists():
+        return False
+    directory = meta.parent
+    if not resume:
+        raise HorizonError(f"{directory} already holds {what}; pass --resume to continue it or choose another --out")
+    old = json.loads(meta.read_text())
+    if old.get("config_hash") != config["config_hash"]:
+        raise HorizonError(f"cannot resume {directory}: configuration differs ({_differences(old, config, keys)})")
+    return True
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_parquet(path: Path, frame: pd.DataFrame | pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if isinstance(frame, pa.Table):
+        pq.write_table(frame, tmp)
+    else:
+        frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, default=str) + "\n").encode()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: every ``count``-th sample of the data, starting at ``index``.
+
+    Round-robin rather than contiguous blocks, so shards get equal shares of
+    a dataset sorted by task or difficulty.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise HorizonError(f"--shard {self.index}/{self.count}: expected i/n with 0 <= i < n")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if not match:
+            raise HorizonError(f"--shard {text!r}: expected i/n, e.g. 0/8 (shard 0 of 8)")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:04d}-of-{self.count:04d}"
+
+    def take(self, items: Sequence[Any]) -> list[Any]:
+        return list(items[self.index::self.count])
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def _shard_of(name: str) -> Shard | None:
+    match = PART.match(name) or re.fullmatch(r"(\d{4,})-of-(\d{4,})\.(?:json|lock)", name)
+    return Shard(int(match.group(1)), int(match.group(2))) if match else None
+
+
+class _ShardLock:
+    """An exclusive flock on ``shards/<shard>.lock``: one writer per shard; the OS drops it when the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle: Any = None
+
+    def acquire(self, shard: Shard, run: Path) -> None:
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(self.path)
+            self.handle.close()
+            self.handle = None
+            raise HorizonError(f"{run}: shard {shard} is being written by {holder}; two processes cannot write one "
+                               "shard (wait for it, or stop it and --resume)") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}))
+        self.handle.flush()
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} (since {info.get('since', '?')})"
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds the shard lock at ``path`` now."""
+    try:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+class RunStore:
+    """Writes one shard of a run directory, sample by sample, in constant time per sample."""
+
+    def __init__(self, path: str | Path, shard: Shard = Shard()):
+        self.path = Path(path)
+        self.shard = shard
+        self.config: dict[str, Any] = {}
+        self._lock = _ShardLock(self.path / "shards" / f"{shard.name}.lock")
+        self._seq = 0
+        self._manifest: dict[str, Any] = {}
+        self._floor: dict[str, float] = {}
+        self._started = time.monotonic()
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.path / "scores"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "shards" / f"{self.shard.name}.json"
+
+    def open(self, config: dict[str, Any], resume: bool) -> None:
+        """Create the run, join it as another shard, or reopen this shard for resuming.
+
+        The configuration must equal the run's (its hashed keys). A shard that
+        already holds samples continues only with ``resume``; a shard joining a
+        run other shards started needs no flag.
+        """
+        config = {**config, "config_hash": config_hash(config)}
+        run_json = self.path / "run.json"
+        if run_json.exists():
+            old = json.loads(run_json.read_text())
+            if old.get("config_hash") != config["config_hash"]:
+                raise HorizonError(f"cannot resume {self.path}: configuration differs "
+                                   f"({_differences(old, config, HASHED_KEYS)})")
+            self._acquire()
+            mine = self._own_parts("samples")
+            if not resume and (mine or self.shard.count == 1):
+                self._lock.release()
+                raise HorizonError(f"{self.path} already holds a run" + (f" with samples of shard {self.shard}"
+                                   if self.shard.count > 1 else "") +
+                                   "; pass --resume to continue it or choose another --out")
+            self.config = old
+        else:
+            stray = [p for p in (self.path.iterdir() if self.path.exists() else [])
+                     if p.name not in (LOG_NAME, "shards") and ".tmp-" not in p.name]
+            if stray:
+                raise HorizonError(f"{self.path} exists, is not empty and holds no run.json; choose another --out")
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(run_json, _json_bytes(config))  # run.json first: a joining shard checks it
+            self._acquire()
+            self.config = config
+        for table in TABLES:
+            (self.path / table).mkdir(exist_ok=True)
+        self._recover()
+
+    def _acquire(self) -> None:
+        (self.path / "shards").mkdir(parents=True, exist_ok=True)
+        # shards of another count would split the data differently: they may not write at the same time
+        for lock in (self.path / "shards").glob("*.lock"):
+            other = _shard_of(lock.name)
+            if other and other.count != self.shard.count and lock_held(lock):
+                raise HorizonError(f"{self.path}: shard {other} is being written by {_lock_holder(lock)}; shards "
+                                   f"of one run must use the same count while they run (got --shard {self.shard})")
+        self._lock.acquire(self.shard, self.path)
+
+    def _own_parts(self, table: str) -> list[Path]:
+        folder = self.path / table
+        return sorted(folder.glob(f"{self.shard.name}-*.parquet")) if folder.is_dir() else []
+
+    def _recover(self) -> None:
+        """Drop what a killed writer of this shard left half done: temporary files, parts of an uncommitted sample."""
+        folders = [self.path / t for t in TABLES] + [self.path / "shards"]
+        # other shards' temporary files may be in flight; a run of one shard has no other writer
+        mine = "*" if self.shard.count == 1 else f"{self.shard.name}*"
+        for folder in folders + ([self.path] if self.shard.count == 1 else []):
+            for tmp in folder.glob(f".{mine}.tmp-*"):
+                tmp.unlink(missing_ok=True)
+        committed = {p.name for p in self._own_parts("samples")}
+        for table in ("groups", "scores"):
+            for part in self._own_parts(table):
+                if part.name not in committed:
+                    part.unlink()
+        legacy = self.path / "samples.parquet"
+        if self.shard.count == 1 and legacy.exists():
+            # a run of the single-file layout: parts past its committed samples belong to a sample cut off mid-write
+            n = pq.read_metadata(legacy).num_rows
+            for part in self.scores_dir.glob("part-*.parquet"):
+                if int(part.stem.split("-")[1]) >= n:
+                    part.unlink()
+        seqs = [int(PART.match(p.name).group(3)) for p in self._own_parts("samples")]
+        self._seq = max(seqs) + 1 if seqs else 0
+        floors = read_table(self.path, "samples", columns=["status", "floor"], files=self._own_parts("samples"))
+        self._floor = run_floor(floors)
+
+    def completed(self) -> set[str]:
+        """Ids of every committed sample of the run (all shards), ok or failed."""
+        return set(read_table(self.path, "samples", columns=["sample_id"]).sample_id.astype(str))
+
+    def begin(self, total: int, done: int) -> None:
+        """Record this shard's size (``total`` samples, ``done`` of them already committed) in its manifest."""
+        self._started = time.monotonic()
+        self._manifest = {
+            "shard": str(self.shard), "total": total, "done": done,
+            "errors": self._manifest.get("errors", 0), "session_done": 0, "session_seconds": 0.0,
+            "started": _now(), "updated": _now(), "host": socket.gethostname(), "pid": os.getpid(),
+            "floor": self._floor, "complete": done >= total,
+        }
+        atomic_write_bytes(self.manifest_path, _json_bytes(self._manifest))
+
+    def add(self, sample_row: dict[str, Any], groups: pd.DataFrame, scores: pd.DataFrame) -> None:
+        """Commit one sample: scores part, groups part, then its samples part (the commit)."""
+        name = f"{self.shard.name}-{self._seq:07d}.parquet"
+        if len(scores):
+            atomic_write_parquet(self.scores_dir / name, _table(scores, "scores"))
+        if len(groups):
+            atomic_write_parquet(self.path / "groups" / name, _table(groups, "groups"))
+        row = pd.DataFrame([{k: sample_row.get(k) for k in SAMPLE_COLUMNS}])
+        atomic_write_parquet(self.path / "samples" / name, _table(row, "samples"))
+        self._seq += 1
+        ok = sample_row.get("status", "ok") == "ok"
+        if ok:
+            merge_floor(self._floor, sample_row.get("floor"))
+        if self._manifest:
+            m = self._manifest
+            m.update(done=m["done"] + 1, errors=m["errors"] + (not ok), session_done=m["session_done"] + 1,
+                     session_seconds=round(time.monotonic() - self._started, 3), updated=_now(), floor=self._floor)
+            m["complete"] = m["done"] >= m["total"]
+            atomic_write_bytes(self.manifest_path, _json_bytes(m))
+
+    def close(self) -> None:
+        """Record the run's numerical floor (over every shard's samples) in run.json and release the shard."""
+        if self._lock.handle is None:
+            return
+        try:
+            with open(self.path / "shards" / "run.lock", "a+") as guard:  # one run.json writer at a time
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                config = json.loads((self.path / "run.json").read_text())
+                floor = run_floor(read_table(self.path, "samples", columns=["status", "floor"]))
+                if floor and floor != config.get("numerical_floor"):
+                    config.update(numerical_floor=floor, numerical_floor_method=FLOOR_METHOD)
+                    atomic_write_bytes(self.path / "run.json", _json_bytes(config))
+                self.config = config
+        finally:
+            self._lock.release()
+
+
+def _table(frame: pd.DataFrame, table: str) -> pa.Table:
+    """``frame`` in the table's compact stored types."""
+    schema = SCHEMAS[table]
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+def run_floor(samples: pd.DataFrame) -> dict[str, float]:
+    """The run's numerical floor per metric: the largest per-sample floor of its ok samples."""
+    if "floor" not in samples.columns:
+        return {}
+    ok = samples[samples.status.fillna("ok") == "ok"] if "status" in samples.columns else samples
+    floor: dict[str, float] = {}
+    for text in ok["floor"].dropna():
+        merge_floor(floor, text)
+    return floor
+
+
+def merge_floor(floor: dict[str, float], sample_floor: str | None) -> None:
+    """Raise ``floor`` (metric -> value) to one sample's floor (its JSON text in samples.parquet)."""
+    for metric, value in json.loads(sample_floor or "{}").items():
+        floor[metric] = max(floor.get(metric, 0.0), float(value))
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def _committed(run: Path) -> set[str]:
+    folder = run / "samples"
+    return {p.name for p in folder.glob("*.parquet")} if folder.is_dir() else set()
+
+
+def table_files(run: str | Path, table: str) -> list[Path]:
+    """The parquet files that hold ``table`` of a run: its single file, then its parts (committed ones only)."""
+    run = Path(run)
+    files = [run / f"{table}.parquet"] if (run / f"{table}.parquet").exists() else []
+    folder = run / table
+    if folder.is_dir():
+        parts = sorted(folder.glob("*.parquet"))
+        if table != "samples" and any(PART.match(p.name) for p in parts):
+            committed = _committed(run)  # a part without its samples part is a sample cut off mid-write
+            parts = [p for p in parts if not PART.match(p.name) or p.name in committed]
+        files += parts
+    return files
+
+
+def _conform(table: pa.Table, name: str) -> pa.Table:
+    """Id columns of older or hand-made files (plain strings) as the dictionary type parts store them in."""
+    target = SCHEMAS.get(name)
+    for i, field in enumerate(table.schema):
+        if target is None or field.name not in target.names:
+            continue
+        want = target.field(field.name).type
+        if pa.types.is_dictionary(want) and field.type != want and (
+                pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+                or pa.types.is_dictionary(field.type)):
+            table = table.set_column(i, field.name, table.column(i).cast(want))
+    return table
+
+
+def _empty(table: str, columns: Sequence[str] | None) -> pd.DataFrame:
+    schema = SCHEMAS[table]
+    frame = schema.empty_table().to_pandas()
+    return frame[list(columns)] if columns else frame
+
+
+def read_table(run: str | Path, table: str, columns: Sequence[str] | None = None,
+               files: Sequence[Path] | None = None) -> pd.DataFrame:
+    """One table of a run (all committed parts, every layout), as a DataFrame in compact types."""
+    files = table_files(run, table) if files is None else list(files)
+    if not files:
+        return _empty(table, columns)
+    tables = [_conform(pq.read_table(f, columns=list(columns) if columns else None), table) for f in files]
+    merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    return merged.to_pandas()
+
+
+def iter_scores(run: str | Path, columns: Sequence[str] | None = None,
+                batch_rows: int = 1 << 20) -> Iterator[pd.DataFrame]:
+    """The scores of a run a piece at a time: one frame per part (one sample each, as scan writes them), and a
+    single ``scores.parquet`` in batches of ``batch_rows`` rows (a sample's rows may then span batches)."""
+    for path in table_files(run, "scores"):
+        handle = pq.ParquetFile(path)
+        if handle.metadata.num_rows <= batch_rows:
+            yield _conform(handle.read(columns=list(columns) if columns else None), "scores").to_pandas()
+            continue
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
+            yield _conform(pa.Table.from_batches([batch]), "scores").to_pandas()
+
+
+def count_rows(run: str | Path, table: str) -> int:
+    """Rows of a run's table, from the parquet footers alone."""
+    return sum(pq.read_metadata(f).num_rows for f in table_files(run, table))
+
+
+def read_scores(run: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Scores of a run, from scores.parquet or a scores/ folder of parts."""
+    return read_table(run, "scores", columns)
+
+
+def with_image_column(groups: pd.DataFrame) -> pd.DataFrame:
+    """Groups of runs written before several images (all on image 0) or several grids per image (one grid
+    per image, so the grid is the image) were supported."""
+    if "image" not in groups.columns:
+        groups = groups.assign(image=0)
+    if "grid" not in groups.columns:
+        groups = groups.assign(grid=groups["image"])
+    return groups
+
+
+def read_config(run: str | Path) -> dict[str, Any]:
+    """run.json, with the numerical floor as the run's samples give it (a killed writer leaves run.json's behind)."""
+    run = Path(run)
+    if not (run / "run.json").exists():
+        raise HorizonError(f"{run}: not a run directory (no run.json)")
+    return json.loads((run / "run.json").read_text())
+
+
+def read_run(run: str | Path) -> dict[str, Any]:
+    """run.json plus the three tables of a run directory."""
+    run = Path(run)
+    config = read_config(run)
+    samples = read_table(run, "samples") if table_files(run, "samples") else None
+    if samples is not None and (floor := run_floor(samples)):
+        config = {**config, "numerical_floor": floor}
+    groups = read_table(run, "groups")
+    return {
+        "config": config,
+        "samples": samples,
+        "groups": with_image_column(groups) if table_files(run, "groups") else None,
+        "scores": read_scores(run),
+    }
+
+
+# ------------------------------------------------------------------------------------------ status
+
+
+def run_status(run: str | Path) -> pd.DataFrame:
+    """Per shard of a run: done / total, errors, whether a process writes it now, rate and time left.
+
+    The rate is the shard's last session's (samples committed / seconds since
+    it began); time left = (total - done) / rate, unknown before a sample of
+    the session is done.
+    """
+    run = Path(run)
+    read_config(run)
+    rows = []
+    for path in sorted((run / "shards").glob("*.json")):
+        m = json.loads(path.read_text())
+        shard = _shard_of(path.name)
+        rate = m["session_done"] / m["session_seconds"] if m.get("session_seconds") else None
+        left = m["total"] - m["done"]
+        rows.append({
+            "shard": str(shard), "done": m["done"], "total": m["total"], "errors": m.get("errors", 0),
+            "running": lock_held(path.with_suffix(".lock")), "samples_per_s": rate,
+            "eta_s": 0.0 if left <= 0 else (left / rate if rate else None), "updated": m.get("updated"),
+            "host": m.get("host"), "pid": m.get("pid"),
+        })
+    return pd.DataFrame(rows, columns=["shard", "done", "total", "errors", "running", "samples_per_s", "eta_s",
+                                       "updated", "host", "pid"])
