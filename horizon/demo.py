@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import HorizonError
+from .io.runs import read_table
 from .scores import KEEP_METRICS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -198,7 +199,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     for run in runs:
         if not run.name.endswith(f"-{cfg.protocols[0]}"):
             continue  # the clean answers are the same under every protocol
-        samples = pd.read_parquet(run / "samples.parquet")
+        samples = read_table(run, "samples")
         config = json.loads((run / "run.json").read_text())
         ok = samples[samples.status == "ok"]
         acc = (ok.clean_pred.str.strip() == ok.answer.str.strip()).mean()

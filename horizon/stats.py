@@ -101,20 +101,20 @@ def model_name(config: dict[str, Any], run: Path) -> str:
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Read run directories (DESIGN §3), validating the columns the analysis needs."""
-    from .io.runs import read_scores
+    from .io.runs import read_scores, read_table, table_files
 
     runs = []
     for path in map(Path, paths):
         if not path.is_dir():
             raise HorizonError(f"{path}: run directory not found")
         config = json.loads((path / "run.json").read_text()) if (path / "run.json").exists() else {}
-        if not (path / "samples.parquet").exists():
-            raise HorizonError(f"{path}: no samples.parquet")
-        samples = pd.read_parquet(path / "samples.parquet")
-        _require(samples, SAMPLE_REQUIRED, f"{path / 'samples.parquet'}")
+        if not table_files(path, "samples"):
+            raise HorizonError(f"{path}: no samples table (samples.parquet or samples/)")
+        samples = read_table(path, "samples")
+        _require(samples, SAMPLE_REQUIRED, f"{path / 'samples'}")
         scores = read_scores(path)
         _require(scores, SCORE_REQUIRED, f"{path / 'scores'}")
-        groups = pd.read_parquet(path / "groups.parquet") if (path / "groups.parquet").exists() else None
+        groups = read_table(path, "groups") if table_files(path, "groups") else None
         n_layers = int(config.get("n_layers") or (scores.layer.max() + 1 if len(scores) else 0))
         runs.append({"path": path, "config": config, "samples": samples, "groups": groups, "scores": scores,
                      "model": model_name(config, path), "n_layers": n_layers, "floor": _floor(config, samples)})
