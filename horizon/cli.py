@@ -22,7 +22,7 @@ log = logging.getLogger("horizon")
 
 def _scan(args: argparse.Namespace) -> int:
     from .data import as_samples
-    from .io.runs import Shard, count_rows, read_table
+    from .io.runs import RunStore, Shard, count_rows, read_table
     from .models import load, refuse_extra_images
     from .scan import ScanConfig, combined_shard, distributed_shard, scan
 
@@ -51,6 +51,7 @@ def _scan(args: argparse.Namespace) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', ranks.index)) % torch.cuda.device_count()}"
     # a rank torchrun restarted after a failure continues its shard
     resume = args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    RunStore(out, shard).preflight(resume)  # before the weights load
     vlm = load(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
                device_map=_device_map(args.device_map), offload_folder=args.offload_folder,
                allow_unsafe_weights=args.allow_unsafe_weights)

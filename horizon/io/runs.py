@@ -267,12 +267,11 @@ class RunStore:
                 raise HorizonError(f"cannot resume {self.path}: configuration differs "
                                    f"({_differences(old, config, HASHED_KEYS)})")
             self._acquire()
-            mine = self._own_parts("samples")
-            if not resume and (mine or self.shard.count == 1):
+            try:
+                self.refuse_rerun(resume)
+            except HorizonError:
                 self._lock.release()
-                raise HorizonError(f"{self.path} already holds a run" + (f" with samples of shard {self.shard}"
-                                   if self.shard.count > 1 else "") +
-                                   "; pass --resume to continue it or choose another --out")
+                raise
             self.config = old
         else:
             stray = [p for p in (self.path.iterdir() if self.path.exists() else [])
@@ -286,6 +285,22 @@ class RunStore:
         for table in TABLES:
             (self.path / table).mkdir(exist_ok=True)
         self._recover()
+
+    def preflight(self, resume: bool) -> None:
+        """The refusals :meth:`open` would give that need no configuration, checked before a model loads:
+        a shard another process writes, a rerun without ``resume``."""
+        lock = self._lock.path
+        if lock.exists() and lock_held(lock):
+            raise HorizonError(f"{self.path}: shard {self.shard} is being written by {_lock_holder(lock)}; two "
+                               "processes cannot write one shard (wait for it, or stop it and --resume)")
+        if (self.path / "run.json").exists():
+            self.refuse_rerun(resume)
+
+    def refuse_rerun(self, resume: bool) -> None:
+        if not resume and (self.shard.count == 1 or self._own_parts("samples")):
+            raise HorizonError(f"{self.path} already holds a run" + (f" with samples of shard {self.shard}"
+                               if self.shard.count > 1 else "") +
+                               "; pass --resume to continue it or choose another --out")
 
     def _acquire(self) -> None:
         (self.path / "shards").mkdir(parents=True, exist_ok=True)
@@ -424,16 +439,23 @@ def table_files(run: str | Path, table: str) -> list[Path]:
 
 
 def _conform(table: pa.Table, name: str) -> pa.Table:
-    """Id columns of older or hand-made files (plain strings) as the dictionary type parts store them in."""
+    """Columns of older or hand-made files in the stored types: id strings dictionary-encoded, integers in the
+    compact width when they fit (floats are never narrowed: a hand-made float64 score stays float64)."""
     target = SCHEMAS.get(name)
     for i, field in enumerate(table.schema):
-        if target is None or field.name not in target.names:
+        if target is None or field.name not in target.names or field.type == target.field(field.name).type:
             continue
-        want = target.field(field.name).type
-        if pa.types.is_dictionary(want) and field.type != want and (
-                pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
-                or pa.types.is_dictionary(field.type)):
-            table = table.set_column(i, field.name, table.column(i).cast(want))
+        want, have = target.field(field.name).type, field.type
+        castable = (pa.types.is_dictionary(want) and (pa.types.is_string(have) or pa.types.is_large_string(have)
+                                                      or pa.types.is_dictionary(have))) \
+            or (pa.types.is_integer(want) and pa.types.is_integer(have)) \
+            or (pa.types.is_list(want) and (pa.types.is_list(have) or pa.types.is_large_list(have))
+                and pa.types.is_integer(have.value_type))
+        if castable:
+            try:
+                table = table.set_column(i, field.name, table.column(i).cast(want))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # out of the compact range: kept as written
     return table
 
 
