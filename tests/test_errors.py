@@ -39,7 +39,7 @@ def test_missing_image_stops_with_one_line_and_keeps_completed_samples(checkpoin
     code, err = run_cli(capsys, *scan(checkpoints["llava"], data, tmp_path / "run"))
     assert code == 2 and len(err) == 1
     assert "'q1'" in err[0] and "nope.png" in err[0] and "not found" in err[0]
-    done = pd.read_parquet(tmp_path / "run" / "samples.parquet")
+    done = pd.read_parquet(tmp_path / "run" / "samples")
     assert done.sample_id.tolist() == ["q0"]  # the completed sample stays on disk
 
 
@@ -96,7 +96,7 @@ def test_on_error_skip_records_and_goes_on(checkpoints, dataset, tmp_path, capsy
     lines = data.read_text().splitlines()
     data.write_text("\n".join(lines + ["not json"]) + "\n")
     assert main(scan(checkpoints["llava"], data, tmp_path / "run", "--on-error", "skip")) == 0
-    samples = pd.read_parquet(tmp_path / "run" / "samples.parquet").set_index("sample_id")
+    samples = pd.read_parquet(tmp_path / "run" / "samples").set_index("sample_id")
     assert samples.loc["q0", "status"] == "ok" and samples.loc["q3", "status"] == "ok"
     assert "not found" in samples.loc["q1", "status"] and "only whitespace" in samples.loc["q2", "status"]
     assert "malformed JSON" in samples.loc["line-5", "status"]

@@ -230,7 +230,7 @@ def test_info_stage_keeps_the_most_informative_tokens(llava, dataset, tmp_path):
     horizon.scan(llava, data, out=run, layers="1", group=1, metrics=("dlogp",), progress=False)
 
     # expected from the run's own tables, with pandas
-    groups = pd.read_parquet(run / "groups.parquet")
+    groups = pd.read_parquet(run / "groups")  # every part of the groups table
     parts = sorted((run / "scores").glob("*.parquet")) or [run / "scores.parquet"]
     scores = pd.concat([pd.read_parquet(p) for p in parts])
     mine = scores[(scores.sample_id == "q0") & (scores.layer == 1) & (scores.metric == "dlogp")]

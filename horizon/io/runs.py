@@ -242,6 +242,7 @@ class RunStore:
         self._seq = 0
         self._manifest: dict[str, Any] = {}
         self._floor: dict[str, float] = {}
+        self._errors = 0
         self._started = time.monotonic()
 
     @property
@@ -274,8 +275,10 @@ class RunStore:
                 raise
             self.config = old
         else:
+            # another shard starting at the same moment may have created its folders already
+            ours = {LOG_NAME, "shards", *TABLES}
             stray = [p for p in (self.path.iterdir() if self.path.exists() else [])
-                     if p.name not in (LOG_NAME, "shards") and ".tmp-" not in p.name]
+                     if p.name not in ours and ".tmp-" not in p.name]
             if stray:
                 raise HorizonError(f"{self.path} exists, is not empty and holds no run.json; choose another --out")
             self.path.mkdir(parents=True, exist_ok=True)
@@ -338,8 +341,9 @@ class RunStore:
                     part.unlink()
         seqs = [int(PART.match(p.name).group(3)) for p in self._own_parts("samples")]
         self._seq = max(seqs) + 1 if seqs else 0
-        floors = read_table(self.path, "samples", columns=["status", "floor"], files=self._own_parts("samples"))
-        self._floor = run_floor(floors)
+        mine = read_table(self.path, "samples", columns=["status", "floor"], files=self._own_parts("samples"))
+        self._floor = run_floor(mine)
+        self._errors = int((mine.status.fillna("ok") != "ok").sum())
 
     def completed(self) -> set[str]:
         """Ids of every committed sample of the run (all shards), ok or failed."""
@@ -350,7 +354,7 @@ class RunStore:
         self._started = time.monotonic()
         self._manifest = {
             "shard": str(self.shard), "total": total, "done": done,
-            "errors": self._manifest.get("errors", 0), "session_done": 0, "session_seconds": 0.0,
+            "errors": self._errors, "session_done": 0, "session_seconds": 0.0,
             "started": _now(), "updated": _now(), "host": socket.gethostname(), "pid": os.getpid(),
             "floor": self._floor, "complete": done >= total,
         }
