@@ -207,3 +207,21 @@ def continue_generation(
     tokens, steps = decode(vlm, state, prefix.inputs["input_ids"], prefix.position_ids, logits, cache,
                            max_new_tokens=max_new_tokens, decoding=decoding, return_logits=return_logits)
     return generation(vlm, state, tokens, steps)
+
+
+@dataclass
+class BatchRow:
+    """One generation of a batch: a schedule continued from a prefix with a random-generator seed."""
+
+    prefix: SharedPrefix
+    schedule: Schedule
+    seed: int
+    info: Mapping[int, torch.Tensor] | None = None
+
+
+def continue_batch(vlm: VisionLM, rows: list[BatchRow], *, positions: str = "original", max_new_tokens: int = 32,
+                   return_logits: bool = False, decoding: str | Decoding = "checkpoint") -> list[Generation]:
+    """:func:`continue_generation` of every row."""
+    return [continue_generation(vlm, r.prefix, r.schedule, positions=positions, max_new_tokens=max_new_tokens,
+                                seed=r.seed, info=r.info, return_logits=return_logits, decoding=decoding)
+            for r in rows]
