@@ -219,9 +219,236 @@ class BatchRow:
     info: Mapping[int, torch.Tensor] | None = None
 
 
+def batch_refusal(vlm: VisionLM, rows: list[BatchRow], positions: str) -> str | None:
+    """Why these rows cannot be generated as one left-padded batch (None: they can)."""
+    if vlm.adapter.attention != "causal":
+        return (f"--batch-size above 1: {vlm.adapter.name} declares {vlm.adapter.attention!r} attention, whose "
+                "per-sample masks and windowed caches batched generation does not reproduce; use --batch-size 1")
+    if any(r.prefix.extras for r in rows):
+        return (f"--batch-size above 1: {vlm.adapter.name} adds per-position features between layers (DeepStack), "
+                "which batched generation does not restrict per row; use --batch-size 1")
+    if positions != "original":
+        return "--batch-size above 1 keeps the original positions; use --batch-size 1 with --positions renumber"
+    if len({r.prefix.layer for r in rows}) > 1:
+        return "a batch's rows must continue from prefixes ending at one layer"
+    return None
+
+
+class _Rows:
+    """Batched prefill state: per row its own pruning state, and the padded layout of the current layer's input."""
+
+    def __init__(self, vlm: VisionLM, states: list[_Pruning], index: torch.Tensor, valid: torch.Tensor):
+        self.vlm, self.states = vlm, states
+        self.index, self.valid = index, valid  # (B, n): original position of each column, False for padding
+        self.slot = torch.arange(index.shape[1], device=index.device).expand_as(index)  # column in the first layout
+        self.rotary = vlm.adapter.rotary_keyword
+        self.types = vlm.adapter.layer_types(vlm.language_model)
+        self.masks: dict[str, torch.Tensor] = {}
+        self.layer_columns: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer run: (index, valid)
+        self.handles: list[Any] = []
+
+    def mask(self, kind: str, dtype: torch.dtype) -> torch.Tensor:
+        """Additive (B, 1, n, n): each row's rule on original positions among its present tokens; pads see themselves."""
+        if kind not in self.masks:
+            q, k = self.index[:, :, None], self.index[:, None, :]
+            allowed = torch.stack([self.vlm.adapter.attends(s.layout, kind, q[b], k[b])
+                                   for b, s in enumerate(self.states)])
+            allowed &= self.valid[:, :, None] & self.valid[:, None, :]
+            allowed |= torch.eye(self.index.shape[1], dtype=torch.bool, device=self.index.device)
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=self.index.device)
+            self.masks[kind] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+        return self.masks[kind]
+
+    def prefill(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        adapter = self.vlm.adapter
+        if any(j in s.stages for s in self.states):
+            hidden = self._prune(j, hidden)
+        for b, s in enumerate(self.states):
+            s.layer_present.append(self.index[b][self.valid[b]])
+        self.layer_columns.append((self.index, self.valid))
+        kwargs = dict(kwargs)
+        kwargs[self.rotary] = tuple(t.take_along_dim(self.slot.to(t.device)[..., None], dim=-2)
+                                    for t in kwargs[self.rotary])
+        kwargs["attention_mask"] = self.mask(self.types[j], hidden.dtype)
+        if isinstance(kwargs.get("position_ids"), torch.Tensor):
+            ids = kwargs["position_ids"]
+            kwargs["position_ids"] = ids.take_along_dim(self.slot.to(ids.device).expand(*ids.shape[:-2], -1, -1), -1)
+        for b, s in enumerate(self.states):
+            nxt = s.stages.get(j + 1)
+            if nxt is not None and nxt.method in READS_LAYER_BEFORE:
+                # the row alone, unpadded, as generate reads it (causal: the last row of its mask sees all)
+                cols = self.valid[b]
+                row = hidden[b : b + 1, cols.to(hidden.device)]
+                rotary = tuple(t[b : b + 1, cols.to(t.device)] for t in kwargs[self.rotary])
+                if nxt.method == "fastv":
+                    s.attention = adapter.last_token_attention(module, row, rotary)
+                else:
+                    keys, _ = adapter.key_values(module, row, rotary)
+                    s.keys = keys[0].transpose(0, 1).flatten(1)
+        return (hidden, *args[1:]), kwargs
+
+    def _prune(self, j: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Each row's selection at layer j (its own method inputs), then the rows left-padded again."""
+        kept_cols = []
+        for b, s in enumerate(self.states):
+            cols = self.valid[b].nonzero().flatten()
+            if j in s.stages:
+                rows = s._select(s.stages[j], j, hidden[b : b + 1, cols.to(hidden.device)])
+                s.present = s.present[rows]
+                s.kept.append(s.present[s.visual_mask[s.present]].clone())
+                cols = cols[rows.to(cols.device)]
+            kept_cols.append(cols)
+        n = max(len(c) for c in kept_cols)
+        # left padding repeats the row's first kept column; those copies are masked out
+        take = torch.stack([torch.cat([c[:1].expand(n - len(c)), c]) for c in kept_cols])  # (B, n) current columns
+        self.valid = torch.stack([torch.arange(n, device=take.device) >= n - len(c) for c in kept_cols])
+        self.index = self.index.take_along_dim(take, 1)
+        self.slot = self.slot.take_along_dim(take, 1)
+        self.masks = {}
+        return hidden.take_along_dim(take.to(hidden.device)[..., None], 1)
+
+    def install(self, start: int) -> None:
+        for j, layer in enumerate(self.vlm.layers):
+            if j >= start:
+                self.handles.append(layer.register_forward_pre_hook(
+                    lambda module, args, kwargs, j=j: self.prefill(j, module, args, kwargs), with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def _left_pad(rows: list[torch.Tensor], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (each with a batch axis of 1) left-padded along ``dim`` with copies of their first entry; and valid (B, n)."""
+    n = max(r.shape[dim] for r in rows)
+    padded = [torch.cat([r.narrow(dim, 0, 1).expand(*[n - r.shape[dim] if d == dim % r.ndim else -1
+                                                     for d in range(r.ndim)]), r], dim) for r in rows]
+    valid = torch.stack([torch.arange(n) >= n - r.shape[dim] for r in rows])
+    return torch.cat(padded, 0), valid
+
+
+@torch.no_grad()
 def continue_batch(vlm: VisionLM, rows: list[BatchRow], *, positions: str = "original", max_new_tokens: int = 32,
                    return_logits: bool = False, decoding: str | Decoding = "checkpoint") -> list[Generation]:
-    """:func:`continue_generation` of every row."""
-    return [continue_generation(vlm, r.prefix, r.schedule, positions=positions, max_new_tokens=max_new_tokens,
-                                seed=r.seed, info=r.info, return_logits=return_logits, decoding=decoding)
-            for r in rows]
+    """:func:`continue_generation` of every row, generated together as one left-padded batch.
+
+    Rows may come from different samples (prompts of different lengths) and
+    schedules; all must continue from prefixes ending at one layer. Each row
+    keeps its own selection (its own random generator, seeded as alone), its
+    original positions, a mask that follows the adapter's rule on them and
+    excludes padding, and stops at its own eos. The answers are those of one
+    :func:`continue_generation` per row; the logits agree to float rounding
+    (kernels sum in another order over padded shapes).
+    """
+    if len(rows) == 1:
+        r = rows[0]
+        return [continue_generation(vlm, r.prefix, r.schedule, positions=positions, max_new_tokens=max_new_tokens,
+                                    seed=r.seed, info=r.info, return_logits=return_logits, decoding=decoding)]
+    refusal = batch_refusal(vlm, rows, positions)
+    if refusal:
+        raise HorizonError(refusal)
+    adapter, lm, device = vlm.adapter, vlm.language_model, vlm.device
+    start = rows[0].prefix.layer
+    states = []
+    for r in rows:
+        _check(vlm, r.prefix, r.schedule, positions)
+        s = _Pruning(vlm, r.schedule, r.prefix.visual, positions, torch.Generator().manual_seed(r.seed), r.info)
+        s.layout, s.prompt_len = r.prefix.layout, r.prefix.prompt_len
+        s.present = torch.arange(s.prompt_len, device=device)
+        s.visual_mask = torch.zeros(s.prompt_len, dtype=torch.bool, device=device)
+        s.visual_mask[r.prefix.visual.to(device)] = True
+        s.layer_present = [s.present] * start
+        s.attention, s.keys = r.prefix.attention, r.prefix.keys
+        states.append(s)
+    hidden, valid = _left_pad([r.prefix.hidden.to(device) for r in rows], 1)
+    index, _ = _left_pad([torch.arange(r.prefix.prompt_len, device=device)[None] for r in rows], 1)
+    # each row's own positions (RoPE (1, S) or M-RoPE (3, 1, S)) at its columns: (..., B, n)
+    position_ids = torch.cat([r.prefix.position_ids.to(device)[..., 0, :].index_select(-1, index[b])[..., None, :]
+                              for b, r in enumerate(rows)], -2)
+    batch = _Rows(vlm, states, index, valid.to(device))
+    prefix_columns = (batch.index, batch.valid)
+    batch.install(start)
+    try:
+        with adapter.skipped_layers(lm, start):
+            out = lm(inputs_embeds=hidden, position_ids=position_ids, use_cache=True)
+    finally:
+        batch.remove()
+    # every layer's keys and values: the rows' prefix caches left-padded as their hidden states were
+    grown = adapter.output_cache(out)
+    layers = []
+    for j in range(vlm.n_layers):
+        if j < start:
+            keys, _ = _left_pad([r.prefix.cache.layers[j].keys for r in rows], -2)
+            values, _ = _left_pad([r.prefix.cache.layers[j].values for r in rows], -2)
+            layers.append((keys, values))
+        else:
+            layers.append((grown.layers[j].keys, grown.layers[j].values))
+    cache = adapter.make_cache(layers)
+    columns = [prefix_columns] * start + batch.layer_columns  # per layer: original position of each cached column
+    logits = vlm.lm_head(out.last_hidden_state[:, -1:])[:, -1].float()  # left padding: every row's last token
+    return _decode_batch(vlm, rows, states, columns, position_ids, logits, cache, max_new_tokens=max_new_tokens,
+                         return_logits=return_logits, decoding=decoding)
+
+
+def _decode_batch(vlm: VisionLM, rows: list[BatchRow], states: list[_Pruning],
+                  columns: list[tuple[torch.Tensor, torch.Tensor]], position_ids: torch.Tensor, logits: torch.Tensor,
+                  cache: Any, *, max_new_tokens: int, return_logits: bool,
+                  decoding: str | Decoding) -> list[Generation]:
+    """Greedy decoding of every row together; a row that reached eos idles (its outputs are not read)."""
+    adapter, device = vlm.adapter, vlm.device
+    eos = vlm.hf.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+    rule = Decoding.for_model(vlm.hf, decoding)
+    processors = [rule.processors() for _ in rows]
+    seen = [r.prefix.inputs["input_ids"] for r in rows]
+    tokens: list[list[int]] = [[] for _ in rows]
+    steps: list[list[torch.Tensor]] = [[] for _ in rows]
+    running = [True] * len(rows)
+    queries = torch.tensor([s.prompt_len for s in states], device=device)
+    keys_of = [(idx.to(device), ok.to(device)) for idx, ok in columns]  # per layer: (B, K) positions, valid
+    types = adapter.layer_types(vlm.language_model)
+    embed = vlm.hf.get_input_embeddings()
+
+    def step_mask(j: int, module: torch.nn.Module, args: tuple, kwargs: dict):
+        idx, ok = keys_of[j]
+        allowed = torch.stack([adapter.attends(s.layout, types[j], queries[b], idx[b]) for b, s in enumerate(states)])
+        allowed = torch.cat([allowed & ok, torch.ones(len(rows), 1, dtype=torch.bool, device=device)], 1)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=device)
+        kwargs["attention_mask"] = mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)[:, None, None]
+        return args, kwargs
+
+    handles = [layer.register_forward_pre_hook(
+        lambda module, args, kwargs, j=j: step_mask(j, module, args, kwargs), with_kwargs=True)
+        for j, layer in enumerate(vlm.layers)]
+    try:
+        for step in range(max_new_tokens):
+            fed = []
+            for b in range(len(rows)):
+                token = None
+                if running[b]:
+                    if return_logits:
+                        steps[b].append(logits[b].cpu())
+                    token = rule.next_token(seen[b], logits[b], processors[b])
+                    if token in eos:
+                        running[b] = False
+                    else:
+                        tokens[b].append(token)
+                        seen[b] = torch.cat([seen[b], torch.tensor([[token]], device=seen[b].device)], dim=1)
+                fed.append(token if running[b] else next(iter(eos), 0))
+            if step == max_new_tokens - 1 or not any(running):
+                break
+            ids = position_ids[..., -1:] + 1 + step
+            hidden = vlm.language_model(inputs_embeds=embed(torch.tensor(fed, device=device)[:, None]),
+                                        position_ids=ids, use_cache=True,
+                                        **adapter.cache_kwargs(vlm.language_model, cache)).last_hidden_state
+            logits = vlm.lm_head(hidden[:, -1]).float()
+            keys_of = [(torch.cat([idx, queries[:, None]], 1), torch.cat([ok, torch.ones_like(ok[:, :1])], 1))
+                       for idx, ok in keys_of]
+            queries = queries + 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [generation(vlm, s, t, st) for s, t, st in zip(states, tokens, steps)]
