@@ -42,8 +42,8 @@ from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
 from ..store import atomic_write_bytes, check_resume, config_hash
 from .generate import Generation, generate, prefill_flops, sample_seed
-from .prefix import (READS_LAYER_BEFORE, BatchRow, SharedPrefix, continue_batch, continue_generation, first_layer,
-                     shared_prefix)
+from .prefix import (READS_LAYER_BEFORE, BatchRow, SharedPrefix, continue_batch, continue_generation,
+                     family_batch_refusal, first_layer, shared_prefix)
 from .schedule import Schedule, parse_schedule
 
 log = logging.getLogger("horizon")
@@ -384,6 +384,9 @@ class EvalEntry:
     def __init__(self, vlm: VisionLM, evalset: EvalSet, cfg: PruneConfig, out: str | Path | None, resume: bool,
                  info_cache: dict[str, InfoScores]):
         cfg.validate()
+        refusal = family_batch_refusal(vlm, cfg.positions) if cfg.batch_size > 1 else None
+        if refusal:
+            raise HorizonError(refusal)  # before the directory exists
         self.cfg, self.evalset = cfg, evalset
         self.metric = resolve_metric(cfg.metric, evalset)
         self.samples = evalset.samples[: cfg.limit] if cfg.limit else evalset.samples
@@ -585,8 +588,11 @@ def _run_shared(vlm: VisionLM, jobs: list[_Job], batch_size: int, bar: Any) -> N
             runs.extend((job, seed, [seed]) for seed in job.seeds)
         else:
             runs.append((job, job.seeds[0], job.seeds))  # no random stage: every seed gives the same answer
-    for start in range(0, len(runs), batch_size):
-        chunk = runs[start : start + batch_size]
+    # a batch continues prefixes that end at one layer
+    chunks = [[r for r in runs if r[0].prefix.layer == layer][i : i + batch_size]
+              for layer in sorted({r[0].prefix.layer for r in runs})
+              for i in range(0, sum(r[0].prefix.layer == layer for r in runs), batch_size)]
+    for chunk in chunks:
         began = time.perf_counter()
         gens = _continue(vlm, [(job, sample_seed(seed, job.sample.id)) for job, seed, _ in chunk])
         if vlm.device.type == "cuda":

@@ -221,16 +221,26 @@ class BatchRow:
 
 def batch_refusal(vlm: VisionLM, rows: list[BatchRow], positions: str) -> str | None:
     """Why these rows cannot be generated as one left-padded batch (None: they can)."""
+    return family_batch_refusal(vlm, positions) or (
+        "a batch's rows must continue from prefixes ending at one layer"
+        if len({r.prefix.layer for r in rows}) > 1 else None) or (
+        f"--batch-size above 1: {vlm.adapter.name} adds per-position features between layers (DeepStack), "
+        "which batched generation does not restrict per row; use --batch-size 1"
+        if any(r.prefix.extras for r in rows) else None)
+
+
+def family_batch_refusal(vlm: VisionLM, positions: str) -> str | None:
+    """Why this model cannot generate left-padded batches, known before any sample (None: it can)."""
+    from ..models.adapter import Adapter
+
+    if type(vlm.adapter).clean_extras is not Adapter.clean_extras:
+        return (f"--batch-size above 1: {vlm.adapter.name} adds per-position features between layers (DeepStack), "
+                "which batched generation does not restrict per row; use --batch-size 1")
     if vlm.adapter.attention != "causal":
         return (f"--batch-size above 1: {vlm.adapter.name} declares {vlm.adapter.attention!r} attention, whose "
                 "per-sample masks and windowed caches batched generation does not reproduce; use --batch-size 1")
-    if any(r.prefix.extras for r in rows):
-        return (f"--batch-size above 1: {vlm.adapter.name} adds per-position features between layers (DeepStack), "
-                "which batched generation does not restrict per row; use --batch-size 1")
     if positions != "original":
         return "--batch-size above 1 keeps the original positions; use --batch-size 1 with --positions renumber"
-    if len({r.prefix.layer for r in rows}) > 1:
-        return "a batch's rows must continue from prefixes ending at one layer"
     return None
 
 
