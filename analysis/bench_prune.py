@@ -16,12 +16,22 @@ prefill-only time (``--new-tokens 1``) shows the saving the estimate describes;
 decoding adds a per-token cost that pruning only shrinks through the shorter
 KV cache.
 
-    .venv/bin/python analysis/bench_prune.py [--new-tokens 8] [--repeats 5]
+Grid section (``--grid-samples N``, 0 to skip): a 3-method x 2-budget x
+3-seed grid (random, divprune, fastv at layer ``--prune-layer``; budgets
+``--budgets``) on N samples, run twice in one process: today's loop before
+shared prefixes (``share_prefix=False``: one full ``generate`` per schedule x
+seed x sample) and the grid path (one encoding and one shared prefix per
+sample, deterministic schedules once for all seeds, ``--batch-size`` rows
+continued together). Printed: seconds of each, the speed-up, and whether
+every prediction (text, tokens kept per layer) is identical.
+
+    .venv/bin/python analysis/bench_prune.py [--new-tokens 8] [--repeats 5] [--grid-samples 4] [--batch-size 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -33,6 +43,8 @@ from PIL import Image
 
 import horizon
 from horizon.data import Sample
+from horizon.prune.evaluate import PruneConfig
+from horizon.prune.grid import GridConfig, prune_grid
 from horizon.prune import Schedule, generate, parse_schedule
 from horizon.prune.generate import prefill_flops
 from horizon.scan import encode_sample
@@ -58,6 +70,11 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=24)
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--grid-samples", type=int, default=4, help="samples of the grid section (0: skip it)")
+    parser.add_argument("--prune-layer", type=int, default=2)
+    parser.add_argument("--budgets", default="144,64")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--skip-schedules", action="store_true", help="only the grid section")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,6 +99,10 @@ def main() -> None:
                 out = vlm.hf.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
             assert out.shape[1] == seq + n
 
+        if args.grid_samples:
+            bench_grid(vlm, root, args)
+        if args.skip_schedules:
+            return
         rows = [("hf.generate", median_time(hf_generate, args.repeats), float(n_visual), 1.0)]
         full = prefill_flops(vlm.language_model.config, [seq] * vlm.n_layers)
         for text in ("none", *SCHEDULES):
@@ -98,6 +119,43 @@ def main() -> None:
             label = "none (horizon, keeps all)" if name == "none" else name
             print(f"{label:32s} {seconds:8.3f} {base / seconds:16.2f}x {avg:11.1f} {flops:13.1%}")
         print(f"\nhook overhead: horizon none / hf.generate = {rows[1][1] / rows[0][1]:.2f}x")
+
+
+def bench_grid(vlm, root: Path, args) -> None:
+    """Today's loop vs the shared-prefix grid on the same samples, in this process; predictions compared."""
+    side = args.grid * vlm.hf.config.vision_config.patch_size
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(args.grid_samples):
+        Image.fromarray((rng.random((side, side, 3)) * 255).astype("uint8")).save(root / f"grid{i}.png")
+        question = "what is shown?" if i % 2 else "what color is the large shape in the picture?"  # two lengths
+        lines.append(json.dumps({"id": f"g{i}", "image": f"grid{i}.png", "question": question, "answer": "x"}))
+    data = root / "grid.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    budgets = tuple(args.budgets.split(","))
+    seconds, predictions = {}, {}
+    for label, share, batch in (("today's loop (generate per schedule x seed x sample)", False, 1),
+                                (f"shared prefix, batch {args.batch_size}", True, args.batch_size)):
+        grid = GridConfig(methods=("random", "divprune", "fastv"), budgets=budgets, prune_layer=args.prune_layer,
+                          hybrids=False, eval=PruneConfig(seeds=3, max_new_tokens=args.new_tokens, share_prefix=share,
+                                                          batch_size=batch, decoding="greedy"))
+        out = root / f"grid-{share}-{batch}"
+        start = time.perf_counter()
+        prune_grid(vlm, data, out, grid, progress=False, figures=root / "figures")
+        seconds[label] = time.perf_counter() - start
+        predictions[label] = {
+            (d.name, r["sample_id"], r["seed"]): (r["prediction"], r["visual_per_layer"], r["n_new_tokens"])
+            for d in sorted(out.iterdir()) if d.is_dir()
+            for r in map(json.loads, (d / "predictions.jsonl").read_text().splitlines())}
+    (old, new) = seconds
+    same = predictions[old] == predictions[new]
+    print(f"grid: 3 methods x {len(budgets)} budgets x 3 seeds (+ none) at layer {args.prune_layer} on "
+          f"{args.grid_samples} samples, {args.new_tokens} new tokens at most, {len(predictions[old])} answers each")
+    for label, t in seconds.items():
+        print(f"  {label:58s} {t:8.2f} s")
+    print(f"  speed-up {seconds[old] / seconds[new]:.2f}x; every prediction identical: {same}\n")
+    if not same:
+        raise SystemExit("grid predictions differ between today's loop and the shared-prefix path")
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def _prune_config(args: argparse.Namespace, schedule: str = "none"):
         summary=args.summary, horizon_metric=args.horizon_metric, horizon_model=args.horizon_model,
         horizon_task=args.horizon_task, seeds=args.seeds, seed=args.seed, max_new_tokens=args.max_new_tokens,
         metric=args.metric, info_run=getattr(args, "info_run", None), limit=args.limit, on_error=args.on_error,
-        decoding=args.decoding,
+        decoding=args.decoding, batch_size=args.batch_size,
     )
     cfg.validate()
     return cfg
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--decoding", default="checkpoint", choices=DECODING_RULES, help="how answers are generated: checkpoint (greedy under the checkpoint's "
                    "generation config, e.g. its repetition_penalty; the default) or greedy (raw argmax)")
         p.add_argument("--limit", type=int, default=None, help="first N samples only")
+        p.add_argument("--batch-size", type=int, default=1, help="answers generated together, left-padded, "
+                       "continuing the samples' shared prefixes (default 1); the answers do not depend on it")
         p.add_argument("--on-error", default="stop", choices=["stop", "skip"])
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
         p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")

@@ -333,7 +333,7 @@ def test_cli_pope_scores(checkpoints, tmp_path, capsys, monkeypatch):
 
     # The tiny model never says yes or no; its (real) answers are replaced, in question order, by these.
     said = ["Yes, there is.", "yes", "No.", "maybe yes"]
-    real = evaluate.generate
+    real = evaluate.continue_generation  # what produces each answer (from a shared prefix)
     calls = []
 
     def answering(*args, **kwargs):
@@ -341,7 +341,7 @@ def test_cli_pope_scores(checkpoints, tmp_path, capsys, monkeypatch):
         calls.append(gen.text)
         return dataclasses.replace(gen, text=said[len(calls) - 1])
 
-    monkeypatch.setattr(evaluate, "generate", answering)
+    monkeypatch.setattr(evaluate, "continue_generation", answering)
     out = tmp_path / "eval"
     assert main(["prune-eval", "--model", str(checkpoints["llava"]), "--data", str(questions), "--format", "pope",
                  "--answers", str(coco), "--image-folder", str(images), "--schedule", "none",

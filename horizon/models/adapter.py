@@ -13,6 +13,7 @@ class for the transformers ``model_type`` values they serve
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 from typing import Any, Iterator
@@ -58,6 +59,10 @@ def materialized(*modules: torch.nn.Module) -> Iterator[None]:
         for module in modules:
             stack.enter_context(align_module_device(module))
         yield
+
+
+def _pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return hidden_states
 
 
 class Adapter:
@@ -202,6 +207,29 @@ class Adapter:
         the stack has none."""
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def skipped_layers(self, language_model: torch.nn.Module, layers: int) -> Iterator[None]:
+        """Within the block, decoder layers 0..layers-1 pass their input through unchanged.
+
+        A pass that starts from the hidden state a shared prefix computed
+        entering layer ``layers`` runs the decoder stack's own loop (its masks,
+        rotary embeddings and between-layer steps) from there on. Default: the
+        stack calls each layer with the hidden state first and takes back a tensor.
+        """
+        modules = list(self.decoder_layers(language_model))[:layers]
+        # under a device map accelerate wraps a layer's forward in an instance attribute: put that one back
+        saved = [module.__dict__.get("forward") for module in modules]
+        for module in modules:
+            module.forward = _pass_through
+        try:
+            yield
+        finally:
+            for module, forward in zip(modules, saved):
+                if forward is None:
+                    del module.forward
+                else:
+                    module.forward = forward
+
     # -- attention pattern -----------------------------------------------
     # The engine, pruning and decoding build masks from these, always on ORIGINAL sequence positions:
     # deleting positions and slicing the original mask is what removal means (DESIGN §2).
@@ -254,6 +282,11 @@ class Adapter:
         from transformers import DynamicCache
 
         return DynamicCache(ddp_cache_data=[kv if kv is not None else (None, None) for kv in layers])
+
+    def copy_cache_layers(self, target: Any, source: Any, layers: int) -> None:
+        """Give ``target`` its own copy of what ``source`` caches for layers 0..layers-1 (a shared prefix's)."""
+        for j in range(layers):
+            target.layers[j] = copy.deepcopy(source.layers[j])
 
     def output_cache(self, output: Any) -> Any:
         """The KV cache a forward pass returned, under either of transformers' names."""

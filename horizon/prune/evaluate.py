@@ -42,6 +42,8 @@ from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
 from ..io.runs import atomic_write_bytes, check_resume, config_hash
 from .generate import Generation, generate, prefill_flops, sample_seed
+from .prefix import (READS_LAYER_BEFORE, BatchRow, SharedPrefix, continue_batch, continue_generation,
+                     family_batch_refusal, first_layer, shared_prefix)
 from .schedule import Schedule, parse_schedule
 
 log = logging.getLogger("horizon")
@@ -70,6 +72,8 @@ class PruneConfig:
     limit: int | None = None
     on_error: str = "stop"
     decoding: str = "checkpoint"  # checkpoint | greedy (horizon.decoding)
+    batch_size: int = 1  # continuations generated together (left-padded); the answers do not depend on it
+    share_prefix: bool = True  # False: one full generate per answer, as before shared prefixes (for comparison)
 
     def validate(self) -> None:
         if self.metric not in metric_choices():
@@ -78,6 +82,10 @@ class PruneConfig:
             raise HorizonError(f"--positions must be original or renumber, got {self.positions!r}")
         if self.seeds is not None and self.seeds < 1:
             raise HorizonError(f"--seeds must be positive, got {self.seeds}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise HorizonError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+        if self.batch_size > 1 and not self.share_prefix:
+            raise HorizonError("--batch-size above 1 batches continuations of a shared prefix; it needs share_prefix")
         if self.max_new_tokens < 1:
             raise HorizonError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
         if self.on_error not in ("stop", "skip"):
@@ -362,6 +370,266 @@ class EvalStore:
 
 # -- the verb -------------------------------------------------------------------------------
 
+SHARED_TIMING = ("seconds: the answer's own continuation (the layers from its schedule's first stage on, and "
+                 "decoding) plus an even share of its sample's shared prefix (vision tower and the layers before "
+                 "the first stage, computed once for every schedule and seed that starts there); a schedule "
+                 "without a random stage is generated once per sample and that time is shared evenly by its seeds; "
+                 "a batch's time is split evenly among its rows. Processor encoding is not counted.")
+UNSHARED_TIMING = "seconds: one full generate per answer (vision tower, every layer, decoding); encoding not counted."
+
+
+class EvalEntry:
+    """One schedule's evaluation: its directory, its configuration, what is left to do."""
+
+    def __init__(self, vlm: VisionLM, evalset: EvalSet, cfg: PruneConfig, out: str | Path | None, resume: bool,
+                 info_cache: dict[str, InfoScores]):
+        cfg.validate()
+        refusal = family_batch_refusal(vlm, cfg.positions) if cfg.batch_size > 1 else None
+        if refusal:
+            raise HorizonError(refusal)  # before the directory exists
+        self.cfg, self.evalset = cfg, evalset
+        self.metric = resolve_metric(cfg.metric, evalset)
+        self.samples = evalset.samples[: cfg.limit] if cfg.limit else evalset.samples
+        self.schedules = Schedules(cfg, vlm)
+        for task in sorted({s.task for s in self.samples}):
+            self.schedules.for_sample(task, 1 << 30)  # syntax, methods and layers fail here, before any work
+        n_seeds = cfg.seeds or (3 if has_random(cfg.schedule) else 1)
+        self.seeds = [cfg.seed + i for i in range(n_seeds)]
+        self.info = None
+        if cfg.info_run:
+            key = f"{cfg.info_run}\0{cfg.info_metric}"
+            if key not in info_cache:
+                info_cache[key] = InfoScores(cfg.info_run, cfg.info_metric)
+            self.info = info_cache[key]
+        if "info@" in cfg.schedule and self.info is None:
+            raise HorizonError(f"--schedule {cfg.schedule!r} has an info stage: give the scan run with --info-run")
+        self.meta = {
+            "horizon_version": __version__, "model": vlm.source, "data": evalset.source,
+            "format": evalset.format, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
+            "schedules": {t: self.schedules.text_for(t) for t in sorted({s.task for s in self.samples})}
+            if cfg.switch_at is not None else None,
+            "positions": cfg.positions, "seeds": self.seeds, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
+            "metric": self.metric, "info_run": str(cfg.info_run) if cfg.info_run else None,
+            "dtype": str(vlm.dtype).replace("torch.", ""), "device": str(vlm.device), "n_layers": vlm.n_layers,
+            "decoding": Decoding.for_model(vlm.hf, cfg.decoding).record(),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        }
+        self.store = EvalStore(out) if out is not None else None
+        self.rows = self.store.open(self.meta, resume) if self.store else []
+        self.resumed = len(self.rows)
+        done = {(r["sample_id"], r["seed"]) for r in self.rows}
+        self.todo: dict[str, list[int]] = {}
+        for s in self.samples:
+            left = [seed for seed in self.seeds if (s.id, seed) not in done]
+            if left:
+                self.todo[s.id] = left
+        if done:
+            log.info("resuming %s: %d of %d generations already done", out, len(done),
+                     len(self.samples) * len(self.seeds))
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.store:
+            self.store.add(row)
+
+    def abandon(self) -> None:
+        if self.store and not self.rows:
+            self.store.discard()  # nothing was done: leave no directory that blocks the corrected command
+
+    def finish(self, vlm: VisionLM) -> PruneResult:
+        predictions = pd.DataFrame(self.rows)
+        for col, default in (("status", "ok"), ("pair", None)):
+            if col not in predictions:
+                predictions[col] = default
+        tasks = summarize(predictions, self.metric)
+        overall = tasks[tasks.task == "all"].to_dict("records")
+        cfg = self.cfg
+        summary = {
+            "model": vlm.source, "data": self.evalset.source, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
+            "schedules": self.meta["schedules"], "positions": cfg.positions, "metric": self.metric,
+            "scoring": scoring(self.metric).official, "seeds": self.seeds, "decoding": self.meta["decoding"],
+            "timing": SHARED_TIMING if cfg.share_prefix else UNSHARED_TIMING,
+            **(overall[0] if overall else {"n_samples": 0}),
+            "tasks": [r for r in tasks.to_dict("records") if r["task"] != "all"],
+        }
+        if self.store:
+            self.store.finish(summary, tasks)
+        return PruneResult(predictions, summary, self.store.path if self.store else None, tasks)
+
+
+@dataclass
+class _Job:
+    """Generations of one sample under one entry's schedule: one per seed (one for all seeds without a random stage)."""
+
+    entry: EvalEntry
+    sample: Sample
+    seeds: list[int]
+    schedule: Schedule
+    inputs: dict[str, torch.Tensor]
+    info: dict[int, torch.Tensor] | None
+    n_visual: int
+    prefix: Any = None  # SharedPrefix
+
+
+def run_entries(vlm: VisionLM, entries: list[EvalEntry], progress: bool = True,
+                desc: str = "prune-eval") -> list[PruneResult]:
+    """Evaluate every entry, samples outermost: per sample one encoding and one shared prefix per first-stage layer.
+
+    Rows go to each entry's directory as they finish; entries are independent
+    for resuming (each skips its own done (sample, seed) pairs).
+    """
+    order: dict[str, Sample] = {}
+    for entry in entries:
+        for s in entry.samples:
+            order.setdefault(s.id, s)
+    total = sum(len(seeds) for e in entries for seeds in e.todo.values())
+    bar = tqdm(total=total, unit="answer", disable=not progress, dynamic_ncols=True, desc=desc)
+    try:
+        pending: list[_Job] = []
+        for sample in order.values():
+            mine = [e for e in entries if sample.id in e.todo]
+            if not mine:
+                continue
+            jobs = _sample_jobs(vlm, sample, mine, bar)
+            if not entries[0].cfg.share_prefix:
+                for job in jobs:
+                    _run_unshared(vlm, job, bar)
+                continue
+            _attach_prefixes(vlm, jobs)
+            pending.extend(jobs)
+            batch = max(e.cfg.batch_size for e in entries)
+            if sum(_answers(j) for j in pending) >= batch:
+                _run_shared(vlm, pending, batch, bar)
+                pending = []
+        if pending:
+            _run_shared(vlm, pending, max(e.cfg.batch_size for e in entries), bar)
+    except BaseException:
+        for entry in entries:
+            entry.abandon()
+        raise
+    finally:
+        bar.close()
+    return [entry.finish(vlm) for entry in entries]
+
+
+def _answers(job: _Job) -> int:
+    """Generations a job needs: one per seed, or one for all seeds when nothing is random."""
+    return len(job.seeds) if any(s.method == "random" for s in job.schedule.stages) else 1
+
+
+def _error_row(sample: Sample, seed: int, exc: SampleError) -> dict[str, Any]:
+    return {"sample_id": sample.id, "task": sample.task, "seed": seed, "status": f"error: {exc.reason}"}
+
+
+def _failed(entry: EvalEntry, sample: Sample, seeds: list[int], exc: SampleError, bar: Any) -> None:
+    if entry.cfg.on_error == "stop":
+        raise exc
+    log.warning("skipping %s", exc)
+    for seed in seeds:
+        entry.add(_error_row(sample, seed, exc))
+        bar.update(1)
+
+
+def _sample_jobs(vlm: VisionLM, sample: Sample, entries: list[EvalEntry], bar: Any) -> list[_Job]:
+    """One sample's encoding and, per entry, its schedule for the sample (errors become that entry's rows)."""
+    try:
+        if sample.problem:
+            raise SampleError(sample.id, sample.problem)
+        inputs = encode_sample(vlm, sample)[0]
+        if not (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).any():
+            raise SampleError(sample.id, "the prompt holds no image tokens")
+        try:
+            n_visual = len(vlm.adapter.visual_positions(vlm.hf, inputs))
+        except HorizonError as exc:
+            raise SampleError(sample.id, str(exc)) from None
+    except SampleError as exc:
+        for entry in entries:
+            _failed(entry, sample, entry.todo[sample.id], exc, bar)
+        return []
+    jobs = []
+    for entry in entries:
+        seeds = entry.todo[sample.id]
+        try:
+            info = entry.info.for_sample(sample.id, inputs["input_ids"]) if entry.info else None
+            try:
+                schedule = entry.schedules.for_sample(sample.task, n_visual)
+            except HorizonError as exc:
+                raise SampleError(sample.id, str(exc)) from None
+        except SampleError as exc:
+            _failed(entry, sample, seeds, exc, bar)
+            continue
+        jobs.append(_Job(entry, sample, seeds, schedule, inputs, info, n_visual))
+    return jobs
+
+
+def _attach_prefixes(vlm: VisionLM, jobs: list[_Job]) -> None:
+    """One shared prefix per first-stage layer; schedules without a stage join the earliest one."""
+    firsts = {first_layer(j.schedule) for j in jobs} - {None}
+    fallback = min(firsts) if firsts else 0
+    prefixes: dict[int, SharedPrefix] = {}
+    for layer in sorted(firsts | {fallback}):
+        users = [j for j in jobs if (first_layer(j.schedule) if j.schedule.stages else fallback) == layer]
+        if not users:
+            continue
+        methods = {s.method for j in users for s in j.schedule.stages if s.layer == layer}
+        prefixes[layer] = shared_prefix(vlm, users[0].inputs, layer, methods & set(READS_LAYER_BEFORE))
+        for j in users:
+            j.prefix = prefixes[layer]
+
+
+def _run_shared(vlm: VisionLM, jobs: list[_Job], batch_size: int, bar: Any) -> None:
+    """Continue every job from its prefix; the prefix's time is split evenly among the answers sharing it."""
+    share = {}
+    for job in jobs:
+        share[id(job.prefix)] = share.get(id(job.prefix), 0) + len(job.seeds)
+    runs: list[tuple[_Job, int, list[int]]] = []  # (job, generator seed, the seeds its answer serves)
+    for job in jobs:
+        if any(s.method == "random" for s in job.schedule.stages):
+            runs.extend((job, seed, [seed]) for seed in job.seeds)
+        else:
+            runs.append((job, job.seeds[0], job.seeds))  # no random stage: every seed gives the same answer
+    # a batch continues prefixes that end at one layer
+    chunks = [[r for r in runs if r[0].prefix.layer == layer][i : i + batch_size]
+              for layer in sorted({r[0].prefix.layer for r in runs})
+              for i in range(0, sum(r[0].prefix.layer == layer for r in runs), batch_size)]
+    for chunk in chunks:
+        began = time.perf_counter()
+        gens = _continue(vlm, [(job, sample_seed(seed, job.sample.id)) for job, seed, _ in chunk])
+        if vlm.device.type == "cuda":
+            torch.cuda.synchronize(vlm.device)
+        seconds = (time.perf_counter() - began) / len(chunk)
+        for (job, _, seeds), gen in zip(chunk, gens):
+            prefix_share = job.prefix.seconds / share[id(job.prefix)]
+            for seed in seeds:
+                job.entry.add(_row(vlm, job, seed, gen, seconds / len(seeds) + prefix_share))
+                bar.update(1)
+
+
+def _continue(vlm: VisionLM, rows: list[tuple[_Job, int]]) -> list[Generation]:
+    if len(rows) > 1:
+        return continue_batch(vlm, [
+            BatchRow(job.prefix, job.schedule, seed, job.info) for job, seed in rows],
+            positions=rows[0][0].entry.cfg.positions, max_new_tokens=rows[0][0].entry.cfg.max_new_tokens,
+            decoding=rows[0][0].entry.cfg.decoding)
+    job, seed = rows[0]
+    cfg = job.entry.cfg
+    return [continue_generation(vlm, job.prefix, job.schedule, positions=cfg.positions,
+                                max_new_tokens=cfg.max_new_tokens, seed=seed, info=job.info, decoding=cfg.decoding)]
+
+
+def _run_unshared(vlm: VisionLM, job: _Job, bar: Any) -> None:
+    """Today's path before shared prefixes: one full ``generate`` per seed."""
+    cfg = job.entry.cfg
+    for seed in job.seeds:
+        start = time.perf_counter()
+        gen = generate(vlm, job.inputs, job.schedule, positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
+                       seed=sample_seed(seed, job.sample.id), info=job.info, decoding=cfg.decoding)
+        if vlm.device.type == "cuda":
+            torch.cuda.synchronize(vlm.device)
+        job.entry.add(_row(vlm, job, seed, gen, time.perf_counter() - start))
+        bar.update(1)
+
+
 def prune_eval(
     model: VisionLM | str | Path,
     data: str | Path | EvalSet | Iterable[Sample],
@@ -381,6 +649,10 @@ def prune_eval(
     ``data`` is a question file (DESIGN §4 JSONL or a LLaVA eval file, with
     ``answers`` / ``image_folder`` as they need), an :class:`EvalSet`, or
     Samples. Options are the fields of :class:`PruneConfig`.
+
+    Per sample, the vision tower and the layers before the schedule's first
+    stage run once for all seeds (:mod:`horizon.prune.prefix`); the answers are
+    those of one :func:`~horizon.prune.generate.generate` per seed.
     """
     cfg = config or PruneConfig(**options)
     cfg.validate()
@@ -393,103 +665,14 @@ def prune_eval(
     if not isinstance(model, VisionLM):
         refuse_extra_images(model, evalset.samples, str(evalset.source))  # before the weights load
     vlm = model if isinstance(model, VisionLM) else load(model)
-    metric = resolve_metric(cfg.metric, evalset)
-    samples = evalset.samples[: cfg.limit] if cfg.limit else evalset.samples
-    schedules = Schedules(cfg, vlm)
-    for task in sorted({s.task for s in samples}):
-        schedules.for_sample(task, 1 << 30)  # syntax, methods and layers fail here, before any work
-    n_seeds = cfg.seeds or (3 if has_random(cfg.schedule) else 1)
-    seeds = [cfg.seed + i for i in range(n_seeds)]
-    info = InfoScores(cfg.info_run, cfg.info_metric) if cfg.info_run else None
-    if "info@" in cfg.schedule and info is None:
-        raise HorizonError(f"--schedule {cfg.schedule!r} has an info stage: give the scan run with --info-run")
-    meta = {
-        "horizon_version": __version__, "model": vlm.source, "data": evalset.source,
-        "format": evalset.format, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
-        "schedules": {t: schedules.text_for(t) for t in sorted({s.task for s in samples})}
-        if cfg.switch_at is not None else None,
-        "positions": cfg.positions, "seeds": seeds, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
-        "metric": metric, "info_run": str(cfg.info_run) if cfg.info_run else None,
-        "dtype": str(vlm.dtype).replace("torch.", ""), "device": str(vlm.device), "n_layers": vlm.n_layers,
-        "decoding": Decoding.for_model(vlm.hf, cfg.decoding).record(),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-    }
-    store = EvalStore(out) if out is not None else None
-    rows = store.open(meta, resume) if store else []
-    done = {(r["sample_id"], r["seed"]) for r in rows}
-    todo = [(s, seed) for s in samples for seed in seeds if (s.id, seed) not in done]
-    if done:
-        log.info("resuming: %d of %d generations already done", len(done), len(samples) * len(seeds))
-
-    bar = tqdm(total=len(todo), unit="answer", disable=not progress, dynamic_ncols=True, desc="prune-eval")
-    encoded: dict[str, Any] = {}
-    try:
-        for sample, seed in todo:
-            try:
-                row = _evaluate(vlm, sample, seed, cfg, schedules, metric, info, encoded)
-            except SampleError as exc:
-                if cfg.on_error == "stop":
-                    raise
-                log.warning("skipping %s", exc)
-                row = {"sample_id": sample.id, "task": sample.task, "seed": seed, "status": f"error: {exc.reason}"}
-            rows.append(row)
-            if store:
-                store.add(row)
-            bar.update(1)
-    except BaseException:
-        if store and not rows:
-            store.discard()  # nothing was done: leave no directory that blocks the corrected command
-        raise
-    finally:
-        bar.close()
-
-    predictions = pd.DataFrame(rows)
-    for col, default in (("status", "ok"), ("pair", None)):
-        if col not in predictions:
-            predictions[col] = default
-    tasks = summarize(predictions, metric)
-    overall = tasks[tasks.task == "all"].to_dict("records")
-    summary = {
-        "model": vlm.source, "data": evalset.source, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
-        "schedules": meta["schedules"], "positions": cfg.positions, "metric": metric,
-        "scoring": scoring(metric).official, "seeds": seeds, "decoding": meta["decoding"],
-        **(overall[0] if overall else {"n_samples": 0}),
-        "tasks": [r for r in tasks.to_dict("records") if r["task"] != "all"],
-    }
-    if store:
-        store.finish(summary, tasks)
-    return PruneResult(predictions, summary, store.path if store else None, tasks)
+    entry = EvalEntry(vlm, evalset, cfg, out, resume, {})
+    return run_entries(vlm, [entry], progress)[0]
 
 
-def _evaluate(vlm: VisionLM, sample: Sample, seed: int, cfg: PruneConfig, schedules: Schedules, metric: str,
-              info: InfoScores | None, encoded: dict) -> dict[str, Any]:
-    if sample.problem:
-        raise SampleError(sample.id, sample.problem)
-    if sample.id not in encoded:
-        encoded.clear()  # seeds of one sample run back to back; keep one encoding and its info scores
-        inputs = encode_sample(vlm, sample)[0]
-        encoded[sample.id] = (inputs, info.for_sample(sample.id, inputs["input_ids"]) if info else None)
-    inputs, sample_info = encoded[sample.id]
-    if not (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).any():
-        raise SampleError(sample.id, "the prompt holds no image tokens")
-    try:
-        n_visual = len(vlm.adapter.visual_positions(vlm.hf, inputs))
-    except HorizonError as exc:
-        raise SampleError(sample.id, str(exc)) from None
-    try:
-        schedule = schedules.for_sample(sample.task, n_visual)
-    except HorizonError as exc:
-        raise SampleError(sample.id, str(exc)) from None
-    start = time.perf_counter()
-    gen: Generation = generate(
-        vlm, inputs, schedule, positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
-        seed=sample_seed(seed, sample.id), info=sample_info, decoding=cfg.decoding,
-    )
-    if vlm.device.type == "cuda":
-        torch.cuda.synchronize(vlm.device)
-    seconds = time.perf_counter() - start
+def _row(vlm: VisionLM, job: _Job, seed: int, gen: Generation, seconds: float) -> dict[str, Any]:
+    sample, schedule, n_visual, metric = job.sample, job.schedule, job.n_visual, job.entry.metric
     text_cfg = vlm.language_model.config
-    full = [len(inputs["input_ids"][0])] * vlm.n_layers
+    full = [len(job.inputs["input_ids"][0])] * vlm.n_layers
     flops = prefill_flops(text_cfg, gen.tokens_per_layer)
     score = scoring(metric)
     # capped: a stage's budget above the visual tokens the generation had before it (it kept them all)

@@ -105,8 +105,11 @@ class _Pruning:
         self.handles: list[Any] = []
 
     # -- hooks -----------------------------------------------------------
-    def install(self, hook) -> "_Pruning":
+    def install(self, hook, start: int = 0) -> "_Pruning":
+        """Hook layers ``start``.. (a continuation from a shared prefix never runs the earlier ones)."""
         for j, layer in enumerate(self.vlm.layers):
+            if j < start:
+                continue
             self.handles.append(layer.register_forward_pre_hook(
                 lambda module, args, kwargs, j=j: hook(j, module, args, kwargs), with_kwargs=True))
         return self
@@ -297,19 +300,35 @@ def generate(
     seq = inputs["input_ids"].shape[1]
     if position_ids is None:
         position_ids = torch.arange(seq, device=vlm.device)[None]
+    logits = out.logits[0, -1].float()
+    cache = vlm.adapter.output_cache(out) if use_cache else None
+
+    def uncached(tokens: list[int]) -> torch.Tensor:
+        return _uncached_step(vlm, inputs, tokens, schedule, visual, positions, state.kept)
+
+    tokens, steps = decode(vlm, state, inputs["input_ids"], position_ids, logits, cache,
+                           max_new_tokens=max_new_tokens, decoding=decoding, return_logits=return_logits,
+                           uncached=None if use_cache else uncached)
+    return generation(vlm, state, tokens, steps)
+
+
+def decode(vlm: VisionLM, state: "_Pruning", input_ids: torch.Tensor, position_ids: torch.Tensor,
+           logits: torch.Tensor, cache: Any, *, max_new_tokens: int, decoding: str | Decoding,
+           return_logits: bool, uncached: Any = None) -> tuple[list[int], list[torch.Tensor]]:
+    """The greedy loop after prefill: ``logits`` are the prompt's last position's, ``cache`` what prefill kept.
+
+    ``uncached(tokens)`` (instead of a cache) recomputes the next logits from scratch.
+    """
     eos = vlm.hf.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos]) - {None}
-
-    logits = out.logits[0, -1].float()
     rule = Decoding.for_model(vlm.hf, decoding)
     processors = rule.processors()
-    seen_ids = inputs["input_ids"]  # every token so far: the repetition penalty counts the prompt too, as generate does
+    seen_ids = input_ids  # every token so far: the repetition penalty counts the prompt too, as generate does
     tokens: list[int] = []
     steps: list[torch.Tensor] = []
-    cache = vlm.adapter.output_cache(out) if use_cache else None
     embed = vlm.hf.get_input_embeddings()
-    if use_cache:
-        state.install(state.decode)
+    if uncached is None:
+        state.install(state.decode)  # every layer: decoding attends to the prefix layers' caches too
     try:
         for step in range(max_new_tokens):
             if return_logits:
@@ -321,7 +340,7 @@ def generate(
             seen_ids = torch.cat([seen_ids, torch.tensor([[token]], device=seen_ids.device)], dim=1)
             if step == max_new_tokens - 1:
                 break
-            if use_cache:
+            if uncached is None:
                 state.step = step
                 hidden = vlm.language_model(
                     inputs_embeds=embed(torch.tensor([[token]], device=vlm.device)),
@@ -330,14 +349,18 @@ def generate(
                 ).last_hidden_state
                 logits = vlm.lm_head(hidden[0, -1]).float()
             else:
-                logits = _uncached_step(vlm, inputs, tokens, schedule, visual, positions, state.kept)
+                logits = uncached(tokens)
     finally:
         state.remove()
+    return tokens, steps
 
+
+def generation(vlm: VisionLM, state: "_Pruning", tokens: list[int], steps: list[torch.Tensor]) -> Generation:
+    """What one generation produced, from its pruning state."""
     return Generation(
         tokens=tokens,
         text=vlm.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-        n_visual=len(visual),
+        n_visual=len(state.visual),
         kept=[k.tolist() for k in state.kept],
         visual_per_layer=[int(state.visual_mask[p].sum()) for p in state.layer_present],
         tokens_per_layer=[len(p) for p in state.layer_present],

@@ -12,7 +12,11 @@ Schedules in the grid (P = ``prune_layer``, k = a budget, s = a switch layer):
   ``s = "horizon"`` puts the random stage at the measured horizon of each
   sample's task (``summary.json`` of ``horizon analyze``).
 
-Each schedule is one ``prune_eval`` directory under ``out`` (resumable); the
+Each schedule is one ``prune_eval`` directory under ``out`` (resumable per
+schedule: a killed grid continues each where it stopped). The grid runs
+samples outermost: per sample one encoding, one vision-tower pass and one
+unpruned prefix (the layers before ``prune_layer``) shared by every schedule
+and seed (:mod:`horizon.prune.prefix`). The
 collected ``grid.csv`` has one row per schedule and task, and
 ``prune_tradeoff_<model>_<task>.png/pdf`` plot accuracy against the average
 number of visual tokens with the horizon marked.
@@ -32,7 +36,7 @@ import pandas as pd
 from ..benchmarks import EvalSet, read_eval
 from ..errors import HorizonError
 from ..models import VisionLM, load, refuse_extra_images
-from .evaluate import PruneConfig, horizon_records, model_label, prune_eval
+from .evaluate import EvalEntry, PruneConfig, horizon_records, model_label, run_entries
 from .schedule import format_budget, parse_budget
 from .strategies import METHODS
 
@@ -164,14 +168,15 @@ def prune_grid(
         reasons = [f"{t} ({horizons[t].describe()})" if t in horizons else f"{t} (not in the summary)" for t in missing]
         log.warning("grid: the horizon-switch schedules skip task(s) without a horizon after layer %d: %s",
                     cfg.prune_layer, ", ".join(reasons))
+    # every schedule in one pass over the samples: per sample one encoding and one shared prefix
+    todo = [(entry, at_horizon if entry["switch"] == "horizon" else evalset) for entry in entries]
+    todo = [(entry, data) for entry, data in todo if data.samples]
+    info_cache: dict = {}
+    evals = [EvalEntry(vlm, data, entry["config"], out / entry["name"], resume, info_cache) for entry, data in todo]
+    log.info("grid: %d schedules", len(evals))
+    results = run_entries(vlm, evals, progress, desc="prune-grid")
     rows = []
-    for i, entry in enumerate(entries, 1):
-        todo = at_horizon if entry["switch"] == "horizon" else evalset
-        if not todo.samples:
-            continue
-        log.info("grid %d/%d: %s", i, len(entries), entry["name"])
-        result = prune_eval(vlm, todo, out=out / entry["name"], resume=resume, progress=progress,
-                            config=entry["config"])
+    for (entry, _), result in zip(todo, results):
         for task in result.tasks.itertuples():
             if task.task == "all":
                 continue
