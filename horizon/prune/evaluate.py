@@ -588,7 +588,9 @@ def _run_shared(vlm: VisionLM, jobs: list[_Job], batch_size: int, bar: Any) -> N
             runs.extend((job, seed, [seed]) for seed in job.seeds)
         else:
             runs.append((job, job.seeds[0], job.seeds))  # no random stage: every seed gives the same answer
-    # a batch continues prefixes that end at one layer
+    # A batch continues prefixes that end at one layer; rows are padded to the batch's longest, so rows that
+    # keep about as many tokens go together (an unpruned row among pruned ones would make them all its length).
+    runs.sort(key=lambda r: (r[0].prefix.layer, _kept_after_first_stage(r[0])))
     chunks = [[r for r in runs if r[0].prefix.layer == layer][i : i + batch_size]
               for layer in sorted({r[0].prefix.layer for r in runs})
               for i in range(0, sum(r[0].prefix.layer == layer for r in runs), batch_size)]
@@ -603,6 +605,12 @@ def _run_shared(vlm: VisionLM, jobs: list[_Job], batch_size: int, bar: Any) -> N
             for seed in seeds:
                 job.entry.add(_row(vlm, job, seed, gen, seconds / len(seeds) + prefix_share))
                 bar.update(1)
+
+
+def _kept_after_first_stage(job: "_Job") -> int:
+    """Visual tokens the job's first stage keeps (all of them without a stage): its rows' length after it."""
+    stages = job.schedule.stages
+    return min((s.keep for s in stages if s.layer == min(t.layer for t in stages)), default=1 << 30)
 
 
 def _continue(vlm: VisionLM, rows: list[tuple[_Job, int]]) -> list[Generation]:
