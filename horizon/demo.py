@@ -133,6 +133,7 @@ def _size(model: str) -> tuple[str, int]:
 def _ocr_heatmaps(runs: list[Path], out: Path, metrics: dict[str, str]) -> None:
     """Where the code's information sits, layer by layer, for the deepest model's first OCR sample,
     once per protocol (``metrics``: protocol -> metric drawn)."""
+    from .io.runs import read_sample_rows
     from .plots import plot_layer_group_heatmap, plot_token_heatmaps, spread_layers
     from .stats import load_runs
 
@@ -142,10 +143,12 @@ def _ocr_heatmaps(runs: list[Path], out: Path, metrics: dict[str, str]) -> None:
             continue
         run = max(ocr, key=lambda r: r["n_layers"])
         sample = run["samples"][run["samples"].status == "ok"].sample_id.iloc[0]
-        layers = spread_layers(sorted(run["scores"].layer.unique()), 4)
-        plot_token_heatmaps(run["scores"], run["groups"], run["samples"], sample, layers, metric,
+        scores = read_sample_rows(run["path"], "scores", [sample])  # the drawn sample's rows only
+        groups = read_sample_rows(run["path"], "groups", [sample])
+        layers = spread_layers(sorted(scores.layer.unique()), 4)
+        plot_token_heatmaps(scores, groups, run["samples"], sample, layers, metric,
                             int(run["config"]["group"]), out, model=run["model"], image_root=run["path"])
-        plot_layer_group_heatmap(run["scores"], sample, metric, out, model=run["model"])
+        plot_layer_group_heatmap(scores, sample, metric, out, model=run["model"])
 
 
 def floor_line(summary: pd.DataFrame) -> str:
@@ -171,6 +174,7 @@ def _redo_if_stale(directory: Path, work):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from .io.runs import read_table
     from .models import load
     from .report import analyze, format_table
     from .scan import scan
@@ -198,7 +202,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     for run in runs:
         if not run.name.endswith(f"-{cfg.protocols[0]}"):
             continue  # the clean answers are the same under every protocol
-        samples = pd.read_parquet(run / "samples.parquet")
+        samples = read_table(run, "samples")
         config = json.loads((run / "run.json").read_text())
         ok = samples[samples.status == "ok"]
         acc = (ok.clean_pred.str.strip() == ok.answer.str.strip()).mean()
