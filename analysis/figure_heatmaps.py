@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     layers = [int(x) for x in args.layers.split(",")] if args.layers else plots.spread_layers(mine["layer"].unique())
     model = run.get("model") or config.get("model")
     groups = read_sample_rows(args.run, "groups", [sample])
-    paths = plots.plot_token_heatmaps(scores, groups, samples, sample, layers, metric,
+    row = read_sample_rows(args.run, "samples", [sample])
+    paths = plots.plot_token_heatmaps(scores, groups, row, sample, layers, metric,
                                       int(config.get("group") or 1), args.out, model=model, image_root=args.run)
     paths += plots.plot_layer_group_heatmap(scores, sample, metric, args.out, model=model)
     for path in paths:

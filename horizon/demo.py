@@ -146,7 +146,8 @@ def _ocr_heatmaps(runs: list[Path], out: Path, metrics: dict[str, str]) -> None:
         scores = read_sample_rows(run["path"], "scores", [sample])  # the drawn sample's rows only
         groups = read_sample_rows(run["path"], "groups", [sample])
         layers = spread_layers(sorted(scores.layer.unique()), 4)
-        plot_token_heatmaps(scores, groups, run["samples"], sample, layers, metric,
+        samples = read_sample_rows(run["path"], "samples", [sample])
+        plot_token_heatmaps(scores, groups, samples, sample, layers, metric,
                             int(run["config"]["group"]), out, model=run["model"], image_root=run["path"])
         plot_layer_group_heatmap(scores, sample, metric, out, model=run["model"])
 

@@ -789,10 +789,11 @@ def _run_heatmaps(run: dict, metric: str, out_dir: Path, heatmap_layers: Sequenc
                       stacklevel=3)
         return []
     sid = candidates[0]
-    if on_disk and groups is None:
+    if on_disk:
         from .io.runs import read_sample_rows
 
-        groups = read_sample_rows(run["path"], "groups", [sid])
+        groups = read_sample_rows(run["path"], "groups", [sid]) if groups is None else groups
+        samples = read_sample_rows(run["path"], "samples", [sid])  # the drawn sample's whole row
     present = sorted({int(x) for x in scores.loc[(scores["sample_id"] == sid) & (scores["metric"] == metric),
                                                     "layer"].unique()})
     layers = spread_layers(present)

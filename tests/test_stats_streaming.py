@@ -240,7 +240,7 @@ def test_heatmaps_read_only_the_drawn_samples_scores_and_groups(runs, monkeypatc
     read.clear()
     plots._run_heatmaps(run, "gain_prob", tmp_path, None)
     first = sorted((runs["store"] / "samples").glob("*.parquet"))[0].name  # ocr-0, status ok
-    assert sorted(read) == [runs["store"] / "groups" / first, runs["store"] / "scores" / first]
+    assert sorted(read) == [runs["store"] / t / first for t in ("groups", "samples", "scores")]
     assert set(drawn["scores"].sample_id) == {"ocr-0"} and set(drawn["groups"].sample_id) == {"ocr-0"}
     # a single-file run: the filter keeps every other sample's rows out of memory
     run = load_runs([runs["grouped"]])[0]

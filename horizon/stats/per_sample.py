@@ -38,6 +38,7 @@ from ..scores import RAW_METRICS
 KEYS = ["model", "task", "metric"]
 SCORE_REQUIRED = ["sample_id", "layer", "group", "metric", "value"]
 SAMPLE_REQUIRED = ["sample_id", "task"]
+SAMPLE_COLUMNS = [*SAMPLE_REQUIRED, "status", "floor"]  # what load_runs keeps of the samples table
 STAT_COLUMNS = [*KEYS, "sample_id", "layer", "mean_info", "n_layers", "floor", "uniformity", "entropy", "top_share"]
 _READ = ["sample_id", "layer", "metric", "value"]  # the group column is checked, never needed: a row is a group
 BATCH_ROWS = 1 << 20
@@ -63,11 +64,12 @@ def model_name(config: dict[str, Any], run: Path) -> str:
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Read run directories (DESIGN §3, every layout), validating the columns the analysis needs.
 
-    A run dict holds ``path``, ``config``, ``samples`` (the samples table),
-    ``model``, ``n_layers`` and ``floor``; not the scores or the groups, which
-    stay on disk (``read_scores``, ``read_groups``, ``read_sample_rows``). A
-    dict given a ``scores`` frame (a perturbed copy, say) is analysed from that
-    frame instead of its directory.
+    A run dict holds ``path``, ``config``, ``samples`` (the samples table's
+    sample_id, task, status and floor: ``io.runs.read_sample_rows`` reads a
+    sample's whole row), ``model``, ``n_layers`` and ``floor``; not the scores
+    or the groups, which stay on disk (``read_scores``, ``read_groups``,
+    ``io.runs.read_sample_rows``). A dict given a ``scores`` frame (a
+    perturbed copy, say) is analysed from that frame instead of its directory.
     """
     runs = []
     for path in map(Path, paths):
@@ -77,8 +79,8 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         sample_files = store.table_files(path, "samples")
         if not sample_files:
             raise HorizonError(f"{path}: no samples table (samples.parquet or samples/)")
-        samples = store.read_table(path, "samples", files=sample_files)
-        _require(samples, SAMPLE_REQUIRED, f"{sample_files[0]}")
+        store.check_columns(sample_files[0], store.pq.read_schema(sample_files[0]), SAMPLE_REQUIRED)
+        samples = store.read_columns(path, "samples", SAMPLE_COLUMNS)
         score_files = store.table_files(path, "scores")
         if not score_files:
             raise HorizonError(f"{path}: no scores (scores.parquet or scores/)")
