@@ -81,10 +81,9 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             raise HorizonError(f"{path}: no samples table (samples.parquet or samples/)")
         store.check_columns(sample_files[0], store.pq.read_schema(sample_files[0]), SAMPLE_REQUIRED)
         samples = store.read_columns(path, "samples", SAMPLE_COLUMNS)
-        score_files = store.table_files(path, "scores")
-        if not score_files:
-            raise HorizonError(f"{path}: no scores (scores.parquet or scores/)")
-        store.check_columns(score_files[0], store.pq.read_schema(score_files[0]), SCORE_REQUIRED)
+        score_files = store.table_files(path, "scores")  # none: every sample failed; other runs may have some
+        if score_files:  # the first file now; the stream checks every other one as it reaches it
+            store.check_columns(score_files[0], store.pq.read_schema(score_files[0]), SCORE_REQUIRED)
         n_layers = config.get("n_layers")
         if not n_layers:
             deepest = store.max_layer(path)
