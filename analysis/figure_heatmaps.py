@@ -14,6 +14,7 @@ from pathlib import Path
 
 from horizon import plots
 from horizon.errors import HorizonError
+from horizon.io.runs import read_sample_rows
 from horizon.stats import load_runs
 
 
@@ -27,9 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     run = load_runs([args.run])[0]
-    config, scores, samples = run["config"], run["scores"], run["samples"]
-    metrics = config.get("metrics") or list(dict.fromkeys(scores["metric"]))
-    metric = args.metric or (metrics.split(",")[0] if isinstance(metrics, str) else metrics[0])
+    config, samples = run["config"], run["samples"]
     if args.sample is None:
         ok = samples if "status" not in samples.columns else samples[samples["status"] == "ok"]
         if ok.empty:
@@ -37,12 +36,17 @@ def main(argv: list[str] | None = None) -> None:
         sample = ok["sample_id"].iloc[0]
     else:
         sample = args.sample
+    scores = read_sample_rows(args.run, "scores", [sample])  # this sample's rows only, not the run's
+    metrics = config.get("metrics") or list(dict.fromkeys(scores["metric"]))
+    metric = args.metric or (metrics.split(",")[0] if isinstance(metrics, str) else metrics[0])
     mine = scores[(scores["sample_id"] == sample) & (scores["metric"] == metric)]
     if mine.empty:
         ap.error(f"{args.run}: no {metric!r} scores for sample {sample!r}")
     layers = [int(x) for x in args.layers.split(",")] if args.layers else plots.spread_layers(mine["layer"].unique())
     model = run.get("model") or config.get("model")
-    paths = plots.plot_token_heatmaps(scores, run["groups"], samples, sample, layers, metric,
+    groups = read_sample_rows(args.run, "groups", [sample])
+    row = read_sample_rows(args.run, "samples", [sample])
+    paths = plots.plot_token_heatmaps(scores, groups, row, sample, layers, metric,
                                       int(config.get("group") or 1), args.out, model=model, image_root=args.run)
     paths += plots.plot_layer_group_heatmap(scores, sample, metric, args.out, model=model)
     for path in paths:

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 import horizon
-from horizon.stats import StatsParams, analyze_frames, load_runs
+from horizon.stats import StatsParams, analyze_frames, load_runs, read_scores
 
 STABLE = ["horizon_status", "horizon", "horizon_lo", "horizon_hi", "uniformity_onset"]
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -63,7 +63,7 @@ def perturbed(runs: list[dict], draws: int, params: StatsParams) -> None:
         rng = np.random.default_rng(seed)
         noisy = []
         for run in runs:
-            scores = run["scores"].copy()
+            scores = read_scores(run).copy()  # the demo's runs are small: whole frames are fine
             floor = scores.metric.map(lambda m: run["floor"].get(m, 0.0)).to_numpy()
             scores["value"] = scores.value + rng.uniform(-1, 1, len(scores)) * floor
             noisy.append({**run, "scores": scores})

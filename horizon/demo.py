@@ -134,6 +134,7 @@ def _size(model: str) -> tuple[str, int]:
 def _ocr_heatmaps(runs: list[Path], out: Path, metrics: dict[str, str]) -> None:
     """Where the code's information sits, layer by layer, for the deepest model's first OCR sample,
     once per protocol (``metrics``: protocol -> metric drawn)."""
+    from .io.runs import read_sample_rows
     from .plots import plot_layer_group_heatmap, plot_token_heatmaps, spread_layers
     from .stats import load_runs
 
@@ -143,10 +144,13 @@ def _ocr_heatmaps(runs: list[Path], out: Path, metrics: dict[str, str]) -> None:
             continue
         run = max(ocr, key=lambda r: r["n_layers"])
         sample = run["samples"][run["samples"].status == "ok"].sample_id.iloc[0]
-        layers = spread_layers(sorted(run["scores"].layer.unique()), 4)
-        plot_token_heatmaps(run["scores"], run["groups"], run["samples"], sample, layers, metric,
+        scores = read_sample_rows(run["path"], "scores", [sample])  # the drawn sample's rows only
+        groups = read_sample_rows(run["path"], "groups", [sample])
+        layers = spread_layers(sorted(scores.layer.unique()), 4)
+        samples = read_sample_rows(run["path"], "samples", [sample])
+        plot_token_heatmaps(scores, groups, samples, sample, layers, metric,
                             int(run["config"]["group"]), out, model=run["model"], image_root=run["path"])
-        plot_layer_group_heatmap(run["scores"], sample, metric, out, model=run["model"])
+        plot_layer_group_heatmap(scores, sample, metric, out, model=run["model"])
 
 
 def floor_line(summary: pd.DataFrame) -> str:
@@ -172,6 +176,7 @@ def _redo_if_stale(directory: Path, work):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from .io.runs import read_table
     from .models import load
     from .report import analyze, format_table
     from .scan import scan

@@ -720,11 +720,12 @@ def make_figures(curves: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, met
                  runs: list[dict] | None = None, heatmap_layers: Sequence[int] | None = None) -> list[Path]:
     """Every figure for `metric`; with `runs`, also the per-sample heatmaps of the first run.
 
-    A run dict holds ``scores``, ``groups``, ``samples``, ``config`` (``config["group"]``
-    is the window size) and optionally ``model`` and ``path`` (run directory,
-    used to resolve relative image paths). The heatmaps use the first sample
-    with status 'ok' that has scores for `metric`, at `heatmap_layers` or up to 4
-    evenly spaced layers.
+    A run dict holds ``samples``, ``config`` (``config["group"]`` is the window
+    size), ``scores`` and ``groups`` frames or a ``path`` (a ``load_runs`` dict:
+    then only the drawn sample's scores and groups are read from the run
+    directory), and optionally ``model``; ``path`` also resolves relative image
+    paths. The heatmaps use the first sample with status 'ok' that has scores
+    for `metric`, at `heatmap_layers` or up to 4 evenly spaced layers.
     """
     paths: list[Path] = []
     paths += plot_info_curves(curves, summary, metric, out_dir)
@@ -737,22 +738,62 @@ def make_figures(curves: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, met
     return paths
 
 
+def _first_sample_with(run: dict, ok_ids: Sequence[Any], metric: str) -> tuple[Any, pd.DataFrame | None]:
+    """The first of ``ok_ids`` that has ``metric`` scores in the run on disk, and its scores.
+
+    Reads the first sample's scores alone; only when it lacks the metric, one
+    pass over the sample_id and metric columns finds the first that has it.
+    """
+    from .io.runs import iter_score_pieces, read_sample_rows
+
+    path = run["path"]
+    if not ok_ids:
+        return None, None
+    first = read_sample_rows(path, "scores", [ok_ids[0]])
+    if (first["metric"] == metric).any():
+        return ok_ids[0], first
+    have: set[str] = set()
+    for piece in iter_score_pieces(path, ["sample_id", "metric"], required=["sample_id", "metric"]):
+        table = piece.table.to_pandas()
+        have.update(map(str, table.loc[table["metric"] == metric, "sample_id"].unique()))
+    sid = next((s for s in ok_ids if str(s) in have), None)
+    return (sid, read_sample_rows(path, "scores", [sid])) if sid is not None else (None, None)
+
+
 def _run_heatmaps(run: dict, metric: str, out_dir: Path, heatmap_layers: Sequence[int] | None) -> list[Path]:
     config = run.get("config") or {}
     scores, groups, samples = run.get("scores"), run.get("groups"), run.get("samples")
-    if scores is None or groups is None or samples is None or scores.empty:
+    on_disk = scores is None and run.get("path") is not None  # a load_runs dict: read the drawn sample alone
+    if on_disk:
+        from .io.runs import table_files
+
+        has_scores = bool(table_files(run["path"], "scores"))
+        has_groups = groups is not None or bool(table_files(run["path"], "groups"))
+        if not has_scores or not has_groups or samples is None:
+            warnings.warn("first run has no scores/groups/samples: no per-sample heatmaps", stacklevel=3)
+            return []
+    elif scores is None or groups is None or samples is None or scores.empty:
         warnings.warn("first run has no scores/groups/samples: no per-sample heatmaps", stacklevel=3)
         return []
     model = run.get("model") or config.get("model") or "run"
     k = int(config.get("group") or 1)
     ok = samples if "status" not in samples.columns else samples[samples["status"] == "ok"]
-    have = set(scores.loc[scores["metric"] == metric, "sample_id"].unique())
-    candidates = [sid for sid in ok["sample_id"] if sid in have]
+    if on_disk:
+        sid, scores = _first_sample_with(run, list(ok["sample_id"]), metric)
+        candidates = [] if sid is None else [sid]
+    else:
+        have = set(scores.loc[scores["metric"] == metric, "sample_id"].unique())
+        candidates = [sid for sid in ok["sample_id"] if sid in have]
     if not candidates:
         warnings.warn(f"first run has no sample with status 'ok' and {metric!r} scores: no per-sample heatmaps",
                       stacklevel=3)
         return []
     sid = candidates[0]
+    if on_disk:
+        from .io.runs import read_sample_rows
+
+        groups = read_sample_rows(run["path"], "groups", [sid]) if groups is None else groups
+        samples = read_sample_rows(run["path"], "samples", [sid])  # the drawn sample's whole row
     present = sorted({int(x) for x in scores.loc[(scores["sample_id"] == sid) & (scores["metric"] == metric),
                                                     "layer"].unique()})
     layers = spread_layers(present)

@@ -65,7 +65,7 @@ def test_null_ablation_is_part_of_the_floor(models, dataset):
 
 
 def test_noise_at_the_floor_leaves_a_scanned_runs_summary_unchanged(models, dataset, tmp_path):
-    from horizon.stats import StatsParams, analyze_frames, load_runs
+    from horizon.stats import StatsParams, analyze_frames, load_runs, read_scores
 
     run = tmp_path / "run"
     horizon.scan(models["llava"], dataset("llava", 4), out=run, group=1, metrics=("kl", "dlogp"), progress=False)
@@ -76,7 +76,7 @@ def test_noise_at_the_floor_leaves_a_scanned_runs_summary_unchanged(models, data
     before = analyze_frames(loaded, params=params)["summary"][columns]
     for seed in range(3):
         rng = np.random.default_rng(seed)
-        scores = loaded[0]["scores"].copy()
+        scores = read_scores(loaded[0]).copy()
         floor = scores.metric.map(loaded[0]["floor"]).to_numpy()
         scores["value"] = scores.value + rng.uniform(-1, 1, len(scores)) * floor
         after = analyze_frames([{**loaded[0], "scores": scores}], params=params)["summary"][columns]

@@ -563,3 +563,121 @@ def run_status(run: str | Path) -> pd.DataFrame:
         })
     return pd.DataFrame(rows, columns=["shard", "done", "total", "errors", "running", "samples_per_s", "eta_s",
                                        "updated", "host", "pid"])
+
+
+# ------------------------------------------------------------------------------------------ reading a piece at a time
+
+
+@dataclass(frozen=True)
+class ScorePiece:
+    """Some score rows of a run and the file they come from.
+
+    ``whole`` marks a part written by ``horizon scan`` (``scores/<shard>-of-<n>-<seq>.parquet``): it holds one
+    sample's rows and no other file holds any of them. A piece of any other file (a single ``scores.parquet``
+    read in batches, a hand-made part) may hold a sample's rows only in part.
+    """
+
+    path: Path
+    table: pa.Table
+    whole: bool
+
+
+def check_columns(path: Path, schema: pa.Schema, required: Sequence[str]) -> None:
+    """Refuse, naming the file, a table that lacks a column of ``required``."""
+    missing = [c for c in required if c not in schema.names]
+    if missing:
+        raise HorizonError(f"{path}: missing required column(s) {', '.join(missing)}")
+
+
+def iter_score_pieces(run: str | Path, columns: Sequence[str], batch_rows: int = 1 << 20,
+                      required: Sequence[str] = SCORE_COLUMNS) -> Iterator[ScorePiece]:
+    """The scores of a run as pyarrow tables, one part or one batch of ``batch_rows`` rows at a time.
+
+    Every file must hold the ``required`` columns (one line naming the file
+    otherwise); only ``columns`` are read, in the compact stored types.
+    """
+    for path in table_files(run, "scores"):
+        handle = pq.ParquetFile(path)
+        check_columns(path, handle.schema_arrow, required)
+        whole = path.parent.name == "scores" and PART.match(path.name) is not None
+        if handle.metadata.num_rows <= batch_rows:
+            yield ScorePiece(path, _conform(handle.read(columns=list(columns)), "scores"), whole)
+            continue
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=list(columns)):
+            yield ScorePiece(path, _conform(pa.Table.from_batches([batch]), "scores"), False)
+
+
+def max_layer(run: str | Path) -> int | None:
+    """The deepest layer in a run's scores, from the parquet footers' statistics (the column where they lack it)."""
+    deepest = None
+    for path in table_files(run, "scores"):
+        meta = pq.read_metadata(path)
+        names = meta.schema.to_arrow_schema().names
+        if "layer" not in names:
+            continue
+        col = names.index("layer")
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(col).statistics
+            if stats is not None and stats.has_min_max:
+                top = int(stats.max)
+            else:
+                values = pq.read_table(path, columns=["layer"]).column("layer").to_numpy()
+                top = int(values.max()) if len(values) else None
+            if top is not None:
+                deepest = top if deepest is None else max(deepest, top)
+    return deepest
+
+
+def read_sample_rows(run: str | Path, table: str, sample_ids: Sequence[Any],
+                     columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of ``table`` (scores or groups) that belong to ``sample_ids``, reading no other sample's data.
+
+    Parts that ``horizon scan`` wrote hold one sample each: their footers'
+    statistics tell which part holds a sample, and the search stops once every
+    sample is found. Other files are read with a filter on sample_id, a row
+    group at a time.
+    """
+    wanted = [str(s) for s in sample_ids]
+    left = set(wanted)
+    read = None if columns is None else list(dict.fromkeys(["sample_id", *columns]))
+    frames = []
+    for path in table_files(run, table):
+        if not left:
+            break
+        handle = pq.ParquetFile(path)
+        names = handle.schema_arrow.names
+        if "sample_id" not in names:
+            raise HorizonError(f"{path}: missing required column(s) sample_id")
+        whole = path.parent.name == table and PART.match(path.name) is not None
+        if whole:
+            stats = handle.metadata.row_group(0).column(names.index("sample_id")).statistics \
+                if handle.metadata.num_row_groups else None
+            if stats is not None and stats.has_min_max and stats.min == stats.max and str(stats.min) not in left:
+                continue
+        piece = pq.read_table(path, columns=read, filters=[("sample_id", "in", wanted)])
+        if piece.num_rows:
+            frames.append(_conform(piece, table))
+            if whole:  # no other file holds this sample's rows
+                left -= {str(s) for s in piece.column("sample_id").unique().to_pylist()}
+    if not frames:
+        return _empty(table, columns)
+    merged = pa.concat_tables(frames, promote_options="permissive") if len(frames) > 1 else frames[0]
+    frame = merged.to_pandas()
+    return frame[list(columns)] if columns is not None else frame
+
+
+def read_columns(run: str | Path, table: str, columns: Sequence[str]) -> pd.DataFrame:
+    """The given columns of a run's table (those a file lacks are missing values), one file at a time.
+
+    Cheaper than ``read_table`` for thousands of one-sample parts: only the
+    named columns are decoded.
+    """
+    files = table_files(run, table)
+    if not files:
+        return _empty(table, [c for c in columns if c in SCHEMAS[table].names])
+    pieces = []
+    for path in files:
+        handle = pq.ParquetFile(path)
+        pieces.append(_conform(handle.read(columns=[c for c in columns if c in handle.schema_arrow.names]), table))
+    merged = pa.concat_tables(pieces, promote_options="permissive") if len(pieces) > 1 else pieces[0]
+    return merged.to_pandas()
