@@ -258,6 +258,18 @@ def test_info_stage_keeps_the_most_informative_tokens(llava, dataset, tmp_path):
     error_of(lambda: prune_eval(llava, data, out=tmp_path / "no-run", schedule="info@1:5", progress=False),
              "--info-run")
 
+    # the same information from a run in the single-file layout (hand-made, or of an earlier version), where no
+    # part names a sample: read with a filter on sample_id
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "run.json").write_text((run / "run.json").read_text())
+    for table in ("samples", "groups", "scores"):
+        pd.read_parquet(run / table).astype({"sample_id": str}).to_parquet(single / f"{table}.parquet")
+    again = InfoScores(single, None).for_sample("q0", inputs["input_ids"])
+    assert set(again) == {1} and torch.equal(again[1].isnan(), info[1].isnan())
+    assert torch.equal(again[1].nan_to_num(), info[1].nan_to_num())
+    error_of(lambda: InfoScores(single, "kl"), "no 'kl' scores")
+
 
 # -- 5. the CLI -----------------------------------------------------------------------------------
 

@@ -480,6 +480,18 @@ def read_table(run: str | Path, table: str, columns: Sequence[str] | None = None
     return merged.to_pandas()
 
 
+def sample_parts(run: str | Path) -> dict[str, str]:
+    """Sample id -> the name of its parts, for the samples ``horizon scan`` wrote (the same name in samples/,
+    groups/ and scores/); samples of other layouts are not in it."""
+    folder = Path(run) / "samples"
+    out: dict[str, str] = {}
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        if PART.match(path.name):
+            for sample_id in pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist():
+                out[str(sample_id)] = path.name
+    return out
+
+
 def iter_scores(run: str | Path, columns: Sequence[str] | None = None,
                 batch_rows: int = 1 << 20) -> Iterator[pd.DataFrame]:
     """The scores of a run a piece at a time: one frame per part (one sample each, as scan writes them), and a

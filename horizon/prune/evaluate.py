@@ -217,19 +217,29 @@ class InfoScores:
     """Per-position information from a scan run, for ``info`` stages."""
 
     def __init__(self, run: str | Path, metric: str | None):
-        from ..io.runs import read_run
+        from ..io.runs import read_config, read_table, sample_parts
 
-        data = read_run(run)
         self.run = Path(run)
-        self.samples = data["samples"].set_index("sample_id")
-        scores = data["scores"]
-        present = list(scores.metric.unique())
+        config = read_config(run)
+        # a study's scores need not fit in memory: a sample's are read when it comes up
+        self.samples = read_table(run, "samples", columns=["sample_id", "input_ids"]).astype({"sample_id": str})
+        self.samples = self.samples.set_index("sample_id")
+        present = list(config.get("metrics") or
+                       read_table(run, "scores", columns=["metric"]).metric.astype(str).unique())
         self.metric = metric or next((m for m in ("dlogp", "kl", "gain_logp", "dprob", "gain_prob") if m in present),
                                      None)
         if self.metric not in present:
             raise HorizonError(f"--info-run {run}: no {self.metric!r} scores (it has {', '.join(map(str, present))})")
-        self.scores = scores[scores.metric == self.metric].set_index("sample_id")
-        self.groups = data["groups"].set_index("sample_id")
+        self.parts = sample_parts(run)
+
+    def _rows(self, table: str, sample_id: str) -> pd.DataFrame:
+        from ..io.runs import read_sample_rows, read_table
+
+        name = self.parts.get(sample_id)
+        if name is not None:  # the scan layout: the sample's own part, found by name
+            path = self.run / table / name
+            return read_table(self.run, table, files=[path] if path.exists() else [])
+        return read_sample_rows(self.run, table, [sample_id])
 
     def for_sample(self, sample_id: str, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
         if sample_id not in self.samples.index:
@@ -238,8 +248,9 @@ class InfoScores:
         prompt = input_ids[0].tolist()
         if scanned[: len(prompt)] != prompt:
             raise SampleError(sample_id, f"its prompt differs from the one scanned in {self.run}")
-        groups = self.groups.loc[[sample_id]]
-        scores = self.scores.loc[[sample_id]]
+        groups = self._rows("groups", sample_id)
+        scores = self._rows("scores", sample_id)
+        scores = scores[scores.metric.astype(str) == self.metric]
         out: dict[int, torch.Tensor] = {}
         for layer, frame in scores.groupby("layer"):
             info = torch.full((len(prompt),), float("nan"))
