@@ -83,9 +83,9 @@ def _status_table(run: Path) -> str:
         seen = len(status)
         total, done = int(status.total.sum()), int(status.done.sum())
         etas = [e for e in status.eta_s if e is not None and e == e]
-        note = "" if len(shards) != 1 or seen == next(iter(shards)) else \
-            f"; {next(iter(shards)) - seen} shard(s) not started"
-        left = _duration(max(etas)) if etas and len(etas) == seen else "unknown"
+        missing = next(iter(shards)) - seen if len(shards) == 1 else 0
+        note = f"; {missing} shard(s) not started, not counted" if missing else ""
+        left = _duration(max(etas)) if etas and len(etas) == seen and not missing else "unknown"
         lines.append(f"{'all':>9}  {f'{done}/{total}':>13}  {int(status.errors.sum()):>6}  time left {left} "
                      f"(the slowest shard, shards running side by side){note}")
     return "\n".join(lines)

@@ -171,6 +171,7 @@ def test_status_reports_done_total_and_time_left(tmp_path, capsys):
     assert main(["status", str(run)]) == 0
     text = capsys.readouterr().out
     assert "0/2" in text and "2/4" in text and "running" in text and "1 shard(s) not started" in text
+    assert "time left unknown" in text  # a shard not started has no estimate
     store.close()
     assert not run_status(run).iloc[0].running
     assert json.loads((run / "run.json").read_text())["numerical_floor"] == {"kl": 1e-7}
