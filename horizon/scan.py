@@ -499,7 +499,10 @@ def scan(
     ``model`` is a loaded :class:`VisionLM` or a hub id / directory; ``samples``
     a DESIGN §4 JSONL path or records. Options are the fields of
     :class:`ScanConfig`. With ``out`` the run directory is written (and resumed
-    with ``resume=True``); the returned frames are the same tables.
+    with ``resume=True``); the returned frames are the same tables, read from
+    it when first asked for. ``shard="i/n"`` scans every n-th sample from the
+    i-th into ``out``, next to the other shards' parts; the result covers every
+    shard's committed samples.
     """
     cfg = config or ScanConfig(**{k: tuple(v) if k == "metrics" and v else v for k, v in options.items()})
     cfg.validate()
