@@ -176,7 +176,6 @@ def _redo_if_stale(directory: Path, work):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from .io.runs import read_table
     from .models import load
     from .report import analyze, format_table
     from .scan import scan
