@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", default=None, help="i/n: scan every n-th sample from the i-th into the shared --out "
                    "(Slurm arrays, shell loops); under torchrun each rank takes its share of it")
     s.add_argument("--on-error", default="stop", choices=["stop", "skip"],
-                   help="skip: record a bad sample's error in samples.parquet and go on")
+                   help="skip: record a bad sample's error in the samples table and go on")
     s.add_argument("--max-new-tokens", type=int, default=16, help="greedy answer length for clean_pred / --target pred")
     s.add_argument("--decoding", default="checkpoint", choices=DECODING_RULES, help="how answers are generated: checkpoint (greedy under the checkpoint's "
                    "generation config, e.g. its repetition_penalty; the default) or greedy (raw argmax)")
