@@ -56,6 +56,7 @@ class ScanConfig:
     max_new_tokens: int = 16
     decoding: str = "checkpoint"  # checkpoint | greedy (horizon.decoding)
     shard: str | Shard | None = None  # "i/n": every n-th sample from the i-th (horizon.io.runs.Shard)
+    estimator: str = "exact"  # exact | gradient | hybrid (issue 13)
 
     def validate(self) -> None:
         self.metrics = check_metrics(self.protocol, self.metrics or DEFAULT_METRICS.get(self.protocol, ()))
