@@ -39,7 +39,9 @@ never "the last layer". Bootstrap resamples without a horizon count as
 
 Modules: ``per_sample`` (loading runs, the per-sample statistics, streamed),
 ``horizon`` (curves, the horizon, the onset, the summary), ``compare``
-(comparisons). This package re-exports their public names.
+(comparisons), ``agreement`` (estimated scores against exact ones:
+correlations, top overlap, horizons). This package re-exports their public
+names.
 """
 
 from __future__ import annotations
@@ -47,15 +49,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Sequence
 
+from .agreement import agreement, agreement_summary, horizon_agreement
 from .compare import compare, compare_pair
 from .horizon import CurveEstimate, StatsParams, curves, estimate, holm, summarize
 from .per_sample import (KEYS, SAMPLE_REQUIRED, SCORE_REQUIRED, load_runs, model_name, read_groups, read_scores,
                          run_sample_stats, sample_layer_stats, stream_sample_stats, tidy_scores)
 
 __all__ = [
-    "KEYS", "SAMPLE_REQUIRED", "SCORE_REQUIRED", "CurveEstimate", "StatsParams", "analyze_frames", "compare",
-    "compare_pair", "curves", "estimate", "holm", "load_runs", "model_name", "read_groups", "read_scores",
-    "run_sample_stats", "sample_layer_stats", "stream_sample_stats", "summarize", "tidy_scores",
+    "KEYS", "SAMPLE_REQUIRED", "SCORE_REQUIRED", "CurveEstimate", "StatsParams", "agreement", "agreement_summary",
+    "analyze_frames", "compare", "compare_pair", "curves", "estimate", "holm", "horizon_agreement", "load_runs",
+    "model_name", "read_groups", "read_scores", "run_sample_stats", "sample_layer_stats", "stream_sample_stats",
+    "summarize", "tidy_scores",
 ]
 
 
