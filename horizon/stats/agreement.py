@@ -269,8 +269,9 @@ def horizon_agreement(exact_runs: str | Path | Sequence[str | Path],
 
     Each side's horizon is the one ``horizon analyze`` finds (per model, task
     and metric; ``params`` as there) from its run directories. Columns per
-    (model, task, metric): ``n_samples``, ``status``, ``horizon``, its CI
-    (``_lo``, ``_hi``), each with an ``_exact`` or ``_estimate`` suffix;
+    (model, task, metric): ``n_samples_exact``, ``status_exact``,
+    ``horizon_exact`` and its CI ``horizon_exact_lo``, ``horizon_exact_hi``
+    (NaN unless found), the same for ``_estimate``;
     ``delta`` = horizon(estimate) - horizon(exact) in layers (NaN unless both
     are found) and ``horizon_goal``: True when both are found and
     \\|delta\\| <= ``tolerance``, or neither is found and both say the same
@@ -288,12 +289,12 @@ def horizon_agreement(exact_runs: str | Path | Sequence[str | Path],
         records = []
         for r in table.to_dict("records"):
             h = Horizon.from_record(r)
-            records.append({**{k: r[k] for k in KEYS}, "n_samples": int(r["n_samples"]), "status": h.status,
-                            "horizon": h.layer if h.found else math.nan,
-                            "horizon_lo": h.lo if h.found and h.lo is not None else math.nan,
-                            "horizon_hi": h.hi if h.found and h.hi is not None else math.nan})
+            records.append({**{k: r[k] for k in KEYS}, f"n_samples_{side}": int(r["n_samples"]),
+                            f"status_{side}": h.status, f"horizon_{side}": h.layer if h.found else math.nan,
+                            f"horizon_{side}_lo": h.lo if h.found and h.lo is not None else math.nan,
+                            f"horizon_{side}_hi": h.hi if h.found and h.hi is not None else math.nan})
         sides[side] = pd.DataFrame(records)
-    out = sides["exact"].merge(sides["estimate"], on=KEYS, suffixes=("_exact", "_estimate"))
+    out = sides["exact"].merge(sides["estimate"], on=KEYS)
     if out.empty:
         raise HorizonError("exact and estimate runs share no (model, task, metric) to compare horizons of")
     out["delta"] = out.horizon_estimate - out.horizon_exact
