@@ -67,6 +67,30 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from .data import as_samples
+    from .models import load, refuse_extra_images
+    from .scan import ScanConfig
+    from .validate import check_estimator, format_validation, scan_config, validate_estimator
+
+    # every user error before the weights load
+    check_estimator(args.estimator)
+    cfg = scan_config(ScanConfig(layers=args.layers, group=args.group, protocol=args.protocol, target=args.target,
+                                 answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed),
+                      args.limit, args.metric)
+    if not Path(args.data).is_file():
+        raise HorizonError(f"dataset file not found: {args.data}")
+    refuse_extra_images(args.model, as_samples(args.data)[: args.limit], args.data)
+    vlm = load(args.model, dtype=args.dtype, device=args.device)
+    result = validate_estimator(vlm, args.data, args.out, estimator=args.estimator, limit=args.limit,
+                                metric=args.metric, config=cfg, progress=not args.quiet,
+                                params=_stats_params(args))
+    print(format_validation(result))
+    print(f"agreement.csv, agreement_summary.csv and validation.json in {args.out}; "
+          f"runs {result['runs']['exact']} and {result['runs']['estimate']}")
+    return 0
+
+
 def _status_table(run: Path) -> str:
     """Per shard: done / total, errors, running, rate, time left; then the run's totals."""
     from .io.runs import run_status
@@ -354,6 +378,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle (.bin) weights")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_scan)
+
+    v = sub.add_parser("validate-estimator", help="scan a few samples exactly and with an estimator; "
+                       "correlations, top overlap, horizons, speed-up")
+    v.add_argument("--model", required=True, help="hub id or local checkpoint directory")
+    v.add_argument("--data", required=True, help="dataset JSONL (DESIGN §4)")
+    v.add_argument("--out", required=True, help="output directory: both runs (resumable) and the agreement tables")
+    v.add_argument("--estimator", default="gradient", help="gradient (default) | hybrid | exact (a second exact "
+                   "scan, which must agree perfectly)")
+    v.add_argument("--limit", type=int, default=8, help="first N samples (default: 8)")
+    v.add_argument("--metric", default=None, help="compare one metric (default: every metric but keep_prob)")
+    v.add_argument("--layers", default="all", help="all | 0,4,8 | 0:32:2 (default: all)")
+    v.add_argument("--group", type=int, default=2, help="k x k window of visual tokens per group (default: 2)")
+    v.add_argument("--protocol", default="remove", choices=["remove", "keep"])
+    v.add_argument("--target", default="gt", choices=["gt", "pred"])
+    v.add_argument("--answer-span", default="first", choices=["first", "full"])
+    v.add_argument("--batch-size", type=int, default=None, help="ablations per forward pass (default: automatic)")
+    v.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    v.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    v.add_argument("--seed", type=int, default=0, help="the scans' and the bootstrap's seed")
+    v.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=_validate, threshold=0.05, alpha=0.05, uniformity=0.9, vanishing_test="not-significant",
+                   n_perm=1000)
 
     st = sub.add_parser("status", help="done / total per shard of a run, and the time left")
     st.add_argument("run", help="run directory")

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HorizonError
-from ..records import FOUND, Horizon
+from ..records import FOUND, UNDETERMINED, Horizon
 from .horizon import StatsParams, summarize
 from .per_sample import KEYS, SCORE_REQUIRED, load_runs, stream_sample_stats
 
@@ -275,7 +275,8 @@ def horizon_agreement(exact_runs: str | Path | Sequence[str | Path],
     ``delta`` = horizon(estimate) - horizon(exact) in layers (NaN unless both
     are found) and ``horizon_goal``: True when both are found and
     \\|delta\\| <= ``tolerance``, or neither is found and both say the same
-    (both persist, say). With ``summary`` (``agreement_summary``'s table)
+    (both persist, or both have no information; not both ``undetermined``,
+    which one sample gives). With ``summary`` (``agreement_summary``'s table)
     also the overall median Spearman of the metric and ``spearman_goal``
     (at least ``SPEARMAN_GOAL``).
     """
@@ -299,7 +300,8 @@ def horizon_agreement(exact_runs: str | Path | Sequence[str | Path],
         raise HorizonError("exact and estimate runs share no (model, task, metric) to compare horizons of")
     out["delta"] = out.horizon_estimate - out.horizon_exact
     both = (out.status_exact == FOUND) & (out.status_estimate == FOUND)
-    same = (out.status_exact != FOUND) & (out.status_exact == out.status_estimate)
+    # both persist, or both have no information, is agreement; both undetermined (one sample) is no evidence
+    same = ~out.status_exact.isin([FOUND, UNDETERMINED]) & (out.status_exact == out.status_estimate)
     out["horizon_goal"] = (both & (out.delta.abs() <= tolerance)) | same
     out["tolerance"] = tolerance
     if summary is not None:
