@@ -226,20 +226,22 @@ def format_validation(result: Mapping[str, Any]) -> str:
     rows = [("metric", "task", "pairs", "Spearman [CI]", "Pearson [CI]", f"{share} [CI]", "horizon exact",
              "horizon est.", "delta", f"rho>={SPEARMAN_GOAL:g}", f"|delta|<={tolerance:g}")]
     overall = result["summary"][result["summary"].layer.isna()].set_index("metric")
-    for h in result["horizons"].to_dict("records"):
+    for h in result["horizons"].sort_values(["metric", "task"], kind="stable").to_dict("records"):
         s = overall.loc[h["metric"]]
         delta = "-" if h["delta"] != h["delta"] else f"{h['delta']:+.0f}"
-        rows.append((h["metric"], str(h["task"]), f"{s.n_defined}/{s.n_pairs}", ci(s, "spearman"), ci(s, "pearson"),
+        rows.append((h["metric"], str(h["task"]), f"{int(s.n_defined)}/{int(s.n_pairs)}", ci(s, "spearman"), ci(s, "pearson"),
                      ci(s, "top_overlap"), horizon(h, "exact"), horizon(h, "estimate"), delta,
                      "yes" if h["spearman_goal"] else "no", "yes" if h["horizon_goal"] else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     seconds = validation["seconds_per_sample"]
     if validation["speedup"] is None:
-        lines.append("speed-up: unknown (no sample was scanned in this or an earlier call's timing)")
+        lines.append("speed-up: unknown (the runs' samples were scanned before validate-estimator timed them)")
     else:
         lines.append(f"speed-up: {validation['speedup']:.2f}x ({seconds['exact']:.3g} s per sample exact, "
-                     f"{seconds['estimate']:.3g} s {validation['estimator']})")
-    lines.append(f"pairs: (sample, layer) with a correlation / all; CIs: {validation['params']['ci']:.0%} "
-                 f"bootstrap over samples")
+                     f"{seconds['estimate']:.3g} s {estimate_dir_name(validation['estimator'])}; "
+                     "the scans of this call and earlier ones)")
+    lines.append(f"pairs: (sample, layer) pairs with a correlation / all, over every task (the correlations and "
+                 f"the overlap are of all samples; the horizons per task); CIs: {validation['params']['ci']:.0%} "
+                 "bootstrap over samples")
     return "\n".join(lines)
