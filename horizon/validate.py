@@ -229,8 +229,8 @@ def format_validation(result: Mapping[str, Any]) -> str:
     for h in result["horizons"].sort_values(["metric", "task"], kind="stable").to_dict("records"):
         s = overall.loc[h["metric"]]
         delta = "-" if h["delta"] != h["delta"] else f"{h['delta']:+.0f}"
-        rows.append((h["metric"], str(h["task"]), f"{int(s.n_defined)}/{int(s.n_pairs)}", ci(s, "spearman"), ci(s, "pearson"),
-                     ci(s, "top_overlap"), horizon(h, "exact"), horizon(h, "estimate"), delta,
+        rows.append((h["metric"], str(h["task"]), f"{int(s.n_defined)}/{int(s.n_pairs)}", ci(s, "spearman"),
+                     ci(s, "pearson"), ci(s, "top_overlap"), horizon(h, "exact"), horizon(h, "estimate"), delta,
                      "yes" if h["spearman_goal"] else "no", "yes" if h["horizon_goal"] else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -238,10 +238,8 @@ def format_validation(result: Mapping[str, Any]) -> str:
     if validation["speedup"] is None:
         lines.append("speed-up: unknown (the runs' samples were scanned before validate-estimator timed them)")
     else:
-        lines.append(f"speed-up: {validation['speedup']:.2f}x ({seconds['exact']:.3g} s per sample exact, "
-                     f"{seconds['estimate']:.3g} s {estimate_dir_name(validation['estimator'])}; "
-                     "the scans of this call and earlier ones)")
-    lines.append(f"pairs: (sample, layer) pairs with a correlation / all, over every task (the correlations and "
-                 f"the overlap are of all samples; the horizons per task); CIs: {validation['params']['ci']:.0%} "
-                 "bootstrap over samples")
+        lines.append(f"speed-up: {validation['speedup']:.2f}x (exact {seconds['exact']:.3g} s per sample, "
+                     f"{estimate_dir_name(validation['estimator'])} {seconds['estimate']:.3g} s)")
+    lines.append(f"pairs: (sample, layer) pairs with a correlation / all; correlations and overlap over all "
+                 f"samples, horizons per task; {validation['params']['ci']:.0%} CIs: bootstrap over samples")
     return "\n".join(lines)
