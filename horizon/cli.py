@@ -33,7 +33,7 @@ def _scan(args: argparse.Namespace) -> int:
         metrics=tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None,
         target=args.target, answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
         limit=args.limit, on_error=args.on_error, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
-        shard=shard,
+        shard=shard, estimator=args.estimator, kl_tokens=args.kl_tokens,
     )
     cfg.validate()  # fail on bad options before loading a model
     if not Path(args.data).is_file():
@@ -367,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="ablations per forward pass (default: automatic)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue a killed run (same configuration)")
+    s.add_argument("--estimator", default="exact", choices=["exact", "gradient"],
+                   help="exact: measure every removal (default); gradient: estimate them all from one forward and "
+                        "backward pass per sample (recorded in run.json as an estimate)")
+    s.add_argument("--kl-tokens", type=int, default=8, help="gradient estimator: the most probable tokens KL's "
+                   "second-order estimate sums over (default: 8)")
     s.add_argument("--shard", default=None, help="i/n: scan every n-th sample from the i-th into the shared --out "
                    "(Slurm arrays, shell loops); under torchrun each rank takes its share of it")
     s.add_argument("--on-error", default="stop", choices=["stop", "skip"],

@@ -29,6 +29,7 @@ from .ablation import (Ablation, auto_batch_size, clean_pass, ensure_maskable_at
 from .data import Sample, as_samples
 from .decoding import DECODING_RULES, Decoding
 from .errors import HorizonError, SampleError
+from .estimators import ESTIMATORS, KL_TOKENS, estimate_remove, gate_gradients
 from .groups import Group, ImageGrid, tile
 from .models import VisionLM, load, refuse_extra_images
 from .scores import DEFAULT_METRICS, RAW_METRICS, check_metrics, keep_scores, remove_scores
@@ -56,7 +57,8 @@ class ScanConfig:
     max_new_tokens: int = 16
     decoding: str = "checkpoint"  # checkpoint | greedy (horizon.decoding)
     shard: str | Shard | None = None  # "i/n": every n-th sample from the i-th (horizon.io.runs.Shard)
-    estimator: str = "exact"  # exact | gradient | hybrid (issue 13)
+    estimator: str = "exact"  # exact | gradient (horizon.estimators): measured removal or its gradient estimate
+    kl_tokens: int = KL_TOKENS  # gradient estimator: tokens of KL's second-order estimate
 
     def validate(self) -> None:
         self.metrics = check_metrics(self.protocol, self.metrics or DEFAULT_METRICS.get(self.protocol, ()))
@@ -73,6 +75,14 @@ class ScanConfig:
             raise HorizonError(f"--limit must be positive, got {self.limit}")
         if isinstance(self.shard, str):
             self.shard = Shard.parse(self.shard)
+        if self.estimator not in ESTIMATORS:
+            raise HorizonError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.estimator == "gradient":
+            if self.protocol != "remove":
+                raise HorizonError("--estimator gradient estimates the remove protocol only (the keep protocol's "
+                                   "estimate is not built yet); use --protocol remove or --estimator exact")
+            if self.kl_tokens < 1:
+                raise HorizonError(f"--kl-tokens must be positive, got {self.kl_tokens}")
 
 
 def distributed_shard(environ: Mapping[str, str] = os.environ) -> Shard | None:
@@ -232,6 +242,10 @@ def first_text_token(tokenizer: Any, ids: Sequence[int]) -> int | None:
     return None
 
 
+ESTIMATOR_METHOD = ("gradient (attribution patching): dlogp = sum over layers >= l and the group's keys of d log p(y) / "
+                    "d log(attention gate) at the clean point; dprob = p(y) * that; kl = second order, 1/2 sum over "
+                    "the {k} most probable tokens of p_v (first-order change of log p_v)^2. Estimates, not measured "
+                    "removals; no numerical floor is measured")
 SCORED_TOKEN_RULE = ("the first answer token whose text is not only whitespace (leading word-boundary tokens such as "
                      "Llama's bare '▁' before a digit are fed but not scored); --answer-span full scores it and every "
                      "later answer token")
@@ -338,6 +352,16 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     clean = clean_pass(vlm, inputs, scored)
     target = torch.tensor(answer_ids[first:], device=clean.scored_logits.device)  # where the head put the logits
     logp = clean.scored_logprobs()
+    if cfg.estimator == "gradient":
+        # one forward and backward pass (plus one backward per KL token) instead of one pass per ablation
+        grads = gate_gradients(vlm, clean, target, cfg.kl_tokens if "kl" in cfg.metrics else 0)
+        estimates = estimate_remove(grads, groups, layers, cfg.metrics)
+        values = {m: v.float().numpy() for m, v in estimates.items()}
+        n_real, floor = len(layers) * len(groups), {}  # an estimate has no null ablation to measure a floor with
+        if on_batch:
+            on_batch(1.0)
+        return _sample_tables(vlm, sample, cfg, layers, groups, visual, values, n_real, floor, inputs, answer_ids,
+                              first, grids, logp, target, generated, images)
     real = _ablations(groups, visual, layers, cfg.protocol)
     # null ablations ride in the same batches as the real ones, so they see the same arithmetic
     ablations = real + null_ablations(visual, layers, cfg.protocol)
@@ -374,7 +398,13 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
         if on_batch:
             on_batch(done / n_batches)
     floor = floor_of({m: v[n_real:] for m, v in values.items()}, shifts)
+    return _sample_tables(vlm, sample, cfg, layers, groups, visual, values, n_real, floor, inputs, answer_ids, first,
+                          grids, logp, target, generated, images)
 
+
+def _sample_tables(vlm, sample, cfg, layers, groups, visual, values, n_real, floor, inputs, answer_ids, first, grids,
+                   logp, target, generated, images):
+    """A scanned sample's row, groups frame and scores frame."""
     n_groups = len(groups)
     scores = pd.concat(
         [
@@ -439,6 +469,8 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
         "data": data,
         "batch_size": cfg.batch_size,
         "reuse_prefix": cfg.reuse_prefix,
+        **({"estimator": cfg.estimator, "estimated": True, "estimator_method": ESTIMATOR_METHOD.format(k=cfg.kl_tokens)}
+           if cfg.estimator != "exact" else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {
             "python": platform.python_version(), "torch": torch.__version__,

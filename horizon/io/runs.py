@@ -83,8 +83,15 @@ HASHED_KEYS = (
 )
 
 
+# Keys hashed only when they differ from the value runs had before the key existed, so older runs keep their hash.
+OPTIONAL_HASHED = {"estimator": "exact"}
+
+
 def config_hash(config: dict[str, Any], keys: Sequence[str] = HASHED_KEYS) -> str:
-    payload = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
+    payload = {k: config.get(k) for k in keys}
+    if keys is HASHED_KEYS:
+        payload.update({k: config[k] for k, default in OPTIONAL_HASHED.items() if config.get(k, default) != default})
+    payload = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -266,7 +273,7 @@ class RunStore:
             old = json.loads(run_json.read_text())
             if old.get("config_hash") != config["config_hash"]:
                 raise HorizonError(f"cannot resume {self.path}: configuration differs "
-                                   f"({_differences(old, config, HASHED_KEYS)})")
+                                   f"({_differences(old, config, (*HASHED_KEYS, *OPTIONAL_HASHED))})")
             self._acquire()
             try:
                 self.refuse_rerun(resume)

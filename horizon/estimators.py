@@ -1,0 +1,167 @@
+"""Gradient estimates of removal scores: one forward and one backward pass instead of one pass per ablation.
+
+Removal as gates. Give every (layer j, key position k) a gate ``a[j, k]`` in
+[0, 1] that scales the attention every query of layer j pays to key k
+(attention weights proportional to ``a * exp(score)``, i.e. ``log a`` added to
+the attention logits of that key in every head). All gates open (a = 1) is
+the clean model; closing the gates of a group g in layers l..L-1 (a = 0, a
+logit of -inf) is exactly the engine's removal of g from layer l on (DESIGN
+§2: from layer l on no position attends to g). ``gated_logprobs`` runs the
+model with any gate values; a test checks the closed end point against the
+engine.
+
+First order (attribution patching). With ``G[j, k]`` the derivative of the
+answer's log-probability with respect to ``log a[j, k]`` at the clean point
+(equal to the derivative with respect to ``a``, since a = 1 there), closing
+the gates moves ``a`` by -1 each, so
+
+    dlogp(l, g) ~= sum over j >= l, k in g of G[j, k]
+
+and ``dprob(l, g) ~= p(y) * dlogp(l, g)`` (dp = p dlog p). One backward pass gives G for every
+layer and key, so every (layer, group) estimate is a suffix sum over layers
+and a sum over the group's positions.
+
+KL. Its gradient is zero at the clean point (KL has a minimum there), so a
+first-order estimate is always 0. horizon uses the second-order (Fisher)
+form: ``KL(p || q) ~= 1/2 sum_v p_v (d log p_v)^2`` with ``d log p_v`` the
+first-order change of token v's log-probability, computed for the K most
+probable tokens (one backward pass each; K = ``kl_tokens``, 8 by default) and
+summed over them: the mass outside the top K is left out, so the estimate is
+a lower bound of the second-order term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .ablation import CleanPass
+from .errors import HorizonError
+from .groups import Group
+from .models import VisionLM
+
+ESTIMATORS = ("exact", "gradient")
+GRADIENT_METRICS = ("dlogp", "dprob", "kl")
+KL_TOKENS = 8
+
+
+def _masks(vlm: VisionLM, clean: CleanPass, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Each layer type's additive (1, 1, S, S) mask of the clean pass: the adapter's rule on original positions."""
+    device = vlm.device
+    positions = torch.arange(clean.seq_len, device=device)
+    masks = {}
+    for kind in dict.fromkeys(vlm.adapter.layer_types(vlm.language_model)):
+        allowed = vlm.adapter.attends(clean.layout, kind, positions[:, None], positions[None, :])
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        masks[kind] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+    return masks
+
+
+def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (m, V) at the scored positions with ``gates`` (L, S) added to the attention logits.
+
+    ``gates[j, k]`` is ``log a[j, k]``: 0 leaves key k of layer j as it is,
+    -inf closes it. Differentiable in ``gates``. The pass starts from the
+    clean input embeddings (the vision tower ran once, in the clean pass).
+    """
+    lm, adapter = vlm.language_model, vlm.adapter
+    seq = clean.seq_len
+    if gates.shape != (vlm.n_layers, seq):
+        raise HorizonError(f"gates must be (layers, positions) = ({vlm.n_layers}, {seq}), got {tuple(gates.shape)}")
+    embeds = clean.layer_inputs[0]
+    embeds = embeds if embeds.dim() == 3 else embeds[None]
+    masks = _masks(vlm, clean, embeds.dtype)
+    index = torch.arange(seq, device=vlm.device)[None]
+    valid = torch.ones_like(index, dtype=torch.bool)
+
+    def gate(j: int):
+        def hook(module, args, kwargs):
+            mask = kwargs.get("attention_mask")
+            if not isinstance(mask, torch.Tensor):
+                raise HorizonError("the gradient estimator needs an additive attention mask per layer; load the "
+                                   "model with attn_implementation='sdpa' or 'eager'")
+            g = gates[j].to(device=mask.device, dtype=mask.dtype)
+            kwargs["attention_mask"] = mask + torch.maximum(g, torch.tensor(torch.finfo(mask.dtype).min,
+                                                                              device=mask.device))[None, None, None, :]
+            return args, kwargs
+        return hook
+
+    final = adapter.final_norm(lm)
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(module, args):
+        seen["hidden"] = args[0]
+
+    handles = [layer.register_forward_pre_hook(gate(j), with_kwargs=True)
+               for j, layer in enumerate(adapter.decoder_layers(lm))]
+    handles.append(final.register_forward_pre_hook(grab))
+    try:
+        lm(inputs_embeds=embeds, position_ids=clean.position_ids, attention_mask=adapter.decoder_masks(masks),
+           use_cache=False, **adapter.ablated_lm_kwargs(clean.extras, index, valid, 0))
+    finally:
+        for handle in handles:
+            handle.remove()
+    hidden = seen["hidden"][0, clean.scored]
+    logits = adapter.scored_logits(lm, vlm.lm_head, hidden)
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+@dataclass
+class GateGradients:
+    """Derivatives of a sample's answer with respect to every (layer, key) gate, at the clean point."""
+
+    logp: float  # log p(y) of the clean answer (summed over scored positions)
+    answer: torch.Tensor  # (L, S): d log p(y) / d log a
+    tokens: torch.Tensor  # (K, m, L, S): d log p_v / d log a for the K most probable tokens v at each position
+    token_probs: torch.Tensor  # (K, m): their clean probabilities
+
+    def suffix(self, grads: torch.Tensor) -> torch.Tensor:
+        """Sums over layers j >= l: (..., L, S) -> (..., L, S)."""
+        return grads.flip(-2).cumsum(-2).flip(-2)
+
+
+def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tokens: int = 0) -> GateGradients:
+    """One forward pass with open gates, one backward pass for the answer, ``kl_tokens`` more for KL's tokens."""
+    gates = torch.zeros(vlm.n_layers, clean.seq_len, dtype=torch.float64, device=vlm.device, requires_grad=True)
+    with torch.enable_grad():
+        logp = gated_logprobs(vlm, clean, gates)  # (m, V)
+        answer = logp.gather(-1, target.to(logp.device)[:, None]).sum()
+        (grad,) = torch.autograd.grad(answer, gates, retain_graph=kl_tokens > 0)
+        m = logp.shape[0]
+        token_grads = torch.zeros(kl_tokens, m, *gates.shape, dtype=torch.float64, device=gates.device)
+        probs = torch.zeros(kl_tokens, m, dtype=torch.float64)
+        if kl_tokens:
+            top = logp.detach().topk(kl_tokens, dim=-1)
+            for i in range(m):
+                for r in range(kl_tokens):
+                    last = i == m - 1 and r == kl_tokens - 1
+                    (token_grads[r, i],) = torch.autograd.grad(logp[i, top.indices[i, r]], gates, retain_graph=not last)
+                    probs[r, i] = float(top.values[i, r].exp())
+    return GateGradients(float(answer.detach()), grad.detach(), token_grads.cpu(), probs)
+
+
+def estimate_remove(grads: GateGradients, groups: Sequence[Group], layers: Sequence[int],
+                    metrics: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Estimated remove-protocol scores, one per (layer, group) in layer-major order (as the engine's ablations)."""
+    bad = [m for m in metrics if m not in GRADIENT_METRICS]
+    if bad:
+        raise HorizonError(f"the gradient estimator has no estimate of {', '.join(bad)}")
+    member = torch.zeros(len(groups), grads.answer.shape[-1], dtype=torch.float64)
+    for i, g in enumerate(groups):
+        member[i, list(g.positions)] = 1.0
+    rows = torch.tensor(list(layers), dtype=torch.long)
+    dlogp = (grads.suffix(grads.answer.cpu())[rows] @ member.T).flatten()  # (layers * groups,)
+    out = {}
+    if "dlogp" in metrics:
+        out["dlogp"] = dlogp
+    if "dprob" in metrics:
+        p = torch.tensor(grads.logp, dtype=torch.float64).exp()
+        out["dprob"] = p * dlogp  # first order: d p = p d log p
+    if "kl" in metrics:
+        if not grads.tokens.shape[0]:
+            raise HorizonError("kl needs the top tokens' gradients (kl_tokens > 0)")
+        change = grads.suffix(grads.tokens)[:, :, rows] @ member.T  # (K, m, layers, groups): -d log p_v
+        out["kl"] = (0.5 * (grads.token_probs[:, :, None, None] * change**2).sum(0).mean(0)).flatten()
+    return out

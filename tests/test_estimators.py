@@ -1,0 +1,131 @@
+"""The gradient estimator: attention gates whose closed end point is the engine's removal, and whose derivatives
+are what finite differences of the gated model give."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import horizon
+from horizon.ablation import Ablation, clean_pass, run_ablations
+from horizon.cli import main
+from horizon.data import read_jsonl
+from horizon.estimators import estimate_remove, gate_gradients, gated_logprobs
+from horizon.groups import tile
+from horizon.io.runs import HASHED_KEYS, config_hash, read_run
+from horizon.scan import answer_ids_for, append_answer, encode_sample, first_text_token
+from horizon.scores import kl_divergence
+
+from helpers import error_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def prepared(vlm, data):
+    """A sample's clean pass, 2x2 groups and scored answer token, as scan builds them."""
+    sample = read_jsonl(data)[0]
+    inputs, prompt = encode_sample(vlm, sample)
+    answer = answer_ids_for(vlm, sample, prompt)
+    first = first_text_token(vlm.tokenizer, answer)
+    full = append_answer(inputs, answer[: first + 1])
+    with torch.no_grad():
+        clean = clean_pass(vlm, full, [inputs["input_ids"].shape[1] - 1 + first])
+    groups = tile(vlm.adapter.grids(vlm.hf, full), 2)
+    return clean, groups, torch.tensor(answer[first: first + 1])
+
+
+def closed(vlm, clean, layer, positions, value=-torch.inf):
+    gates = torch.zeros(vlm.n_layers, clean.seq_len, dtype=torch.float64)
+    gates[layer:, list(positions)] = value
+    return gates
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl", "qwen3_vl", "gemma3"])
+def test_closed_gates_are_the_engines_removal(models, dataset, name):
+    """Gates at their closed end point (log a = -inf from layer l on) give the removal the engine computes."""
+    vlm = models[name]
+    clean, groups, _ = prepared(vlm, dataset(name, 1))
+    ablations = [Ablation(l, g.positions) for l in range(vlm.n_layers) for g in (groups[0], groups[len(groups) // 2])]
+    with torch.no_grad():
+        exact = {i: q for idx, logq in run_ablations(vlm, clean, ablations, 8, True) for i, q in zip(idx, logq)}
+        for i, a in enumerate(ablations):
+            gated = gated_logprobs(vlm, clean, closed(vlm, clean, a.layer, a.removed))
+            assert (gated - exact[i]).abs().max() < 2e-5, (a.layer, a.removed)
+        # open gates: the clean distribution
+        assert (gated_logprobs(vlm, clean, closed(vlm, clean, 0, [], 0.0)) - clean.scored_logprobs()).abs().max() < 2e-5
+
+
+def test_gate_gradients_equal_finite_differences(checkpoints, dataset):
+    # float64 weights: finite differences far finer than in float32
+    vlm = horizon.load(checkpoints["llava"], dtype=torch.float64, device="cpu")
+    clean, groups, target = prepared(vlm, dataset("llava", 1))
+    grads = gate_gradients(vlm, clean, target)
+    layers = list(range(vlm.n_layers))
+    estimate = estimate_remove(grads, groups, layers, ("dlogp",))["dlogp"].view(len(layers), len(groups))
+    def slope(positions, layer, eps):  # central difference of log p(y) in a at a = 1
+        at = [gated_logprobs(vlm, clean, closed(vlm, clean, layer, positions, float(torch.log1p(torch.tensor(e)))))
+              for e in (eps, -eps)]
+        return float(at[0][0, target[0]] - at[1][0, target[0]]) / (2 * eps)
+
+    with torch.no_grad():
+        for layer in layers:
+            for gi in (0, 3, len(groups) - 1):
+                positions = groups[gi].positions
+                # Richardson: the eps^2 term of two central differences cancels. The Llama norm computes in
+                # float32 even in a float64 model, so log p carries ~1e-7 of rounding: eps stays large.
+                derivative = (4 * slope(positions, layer, 0.02) - slope(positions, layer, 0.04)) / 3
+                assert float(estimate[layer, gi]) == pytest.approx(derivative, abs=1e-5, rel=1e-3)
+    assert grads.logp == pytest.approx(float(clean.scored_logprobs()[0, target[0]]), abs=1e-6)
+
+
+def test_kl_second_order_matches_the_exact_kl_of_a_small_step(models, dataset):
+    """With every token in the sum, 1/2 sum_v p_v (d log p_v)^2 is KL's second-order term: a step of the gates by
+    -eps gives KL ~ eps^2 times the estimate (the estimate is the full step, eps = 1)."""
+    vlm = models["llava"]
+    clean, groups, target = prepared(vlm, dataset("llava", 1))
+    vocab = clean.scored_logprobs().shape[-1]
+    grads = gate_gradients(vlm, clean, target, kl_tokens=vocab)
+    estimate = estimate_remove(grads, groups, [0, 1], ("kl",))["kl"].view(2, len(groups))
+    eps = 1e-2
+    with torch.no_grad():
+        p = gated_logprobs(vlm, clean, closed(vlm, clean, 0, [], 0.0))
+        for layer in (0, 1):
+            for gi in (0, len(groups) - 1):
+                q = gated_logprobs(vlm, clean, closed(vlm, clean, layer, groups[gi].positions,
+                                                      float(torch.log1p(torch.tensor(-eps)))))
+                kl = float(kl_divergence(p[None], q[None])[0])
+                assert kl == pytest.approx(eps**2 * float(estimate[layer, gi]), rel=0.05, abs=1e-12)
+
+
+def test_scan_with_the_gradient_estimator_says_so(models, checkpoints, dataset, tmp_path, capsys):
+    vlm, data = models["llava"], dataset("llava", 2)
+    run = horizon.scan(vlm, data, out=tmp_path / "run", estimator="gradient", metrics=("dlogp", "dprob", "kl"),
+                       group=2, progress=False)
+    config = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert config["estimator"] == "gradient" and config["estimated"] is True and "gradient" in config["estimator_method"]
+    # the stored scores are estimate_remove's, in the engine's layer-major order
+    clean, groups, target = prepared(vlm, data)
+    grads = gate_gradients(vlm, clean, target, kl_tokens=8)
+    expected = estimate_remove(grads, groups, list(range(vlm.n_layers)), ("dlogp", "dprob", "kl"))
+    scores = run.scores[run.scores.sample_id == "q0"]
+    for metric, values in expected.items():
+        got = scores[scores.metric == metric].sort_values(["layer", "group"]).value.to_numpy()
+        assert torch.allclose(torch.tensor(got, dtype=torch.float64), values, rtol=1e-5, atol=1e-7), metric
+    # a different estimator cannot resume it; exact runs keep the hash they had before estimators existed
+    exact_config = {k: config.get(k) for k in HASHED_KEYS}
+    assert config_hash(exact_config) == config_hash({**exact_config, "estimator": "exact"})
+    assert main(["scan", "--model", str(checkpoints["llava"]), "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--metric", "dlogp,dprob,kl", "--resume", "-q"]) == 2
+    assert "estimator: 'gradient' -> None" in capsys.readouterr().err
+    assert len(read_run(tmp_path / "run")["samples"]) == 2
+
+
+def test_estimator_refusals(models, dataset):
+    data = dataset("llava", 1)
+    error_of(lambda: horizon.scan(models["llava"], data, estimator="guess", progress=False), "--estimator", "guess")
+    error_of(lambda: horizon.scan(models["llava"], data, estimator="gradient", protocol="keep", progress=False),
+             "remove protocol only")
+    error_of(lambda: horizon.scan(models["llava"], data, estimator="gradient", kl_tokens=0, progress=False),
+             "--kl-tokens")
