@@ -71,13 +71,13 @@ def _validate(args: argparse.Namespace) -> int:
     from .data import as_samples
     from .models import load, refuse_extra_images
     from .scan import ScanConfig
-    from .validate import check_estimator, format_validation, scan_config, validate_estimator
+    from .validate import format_validation, scan_config, validate_estimator
 
     # every user error before the weights load
-    check_estimator(args.estimator)
     cfg = scan_config(ScanConfig(layers=args.layers, group=args.group, protocol=args.protocol, target=args.target,
-                                 answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed),
-                      args.limit, args.metric)
+                                 answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
+                                 kl_tokens=args.kl_tokens),
+                      args.limit, args.metric, estimator=args.estimator)
     if not Path(args.data).is_file():
         raise HorizonError(f"dataset file not found: {args.data}")
     refuse_extra_images(args.model, as_samples(args.data)[: args.limit], args.data)
@@ -389,8 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", required=True, help="hub id or local checkpoint directory")
     v.add_argument("--data", required=True, help="dataset JSONL (DESIGN §4)")
     v.add_argument("--out", required=True, help="output directory: both runs (resumable) and the agreement tables")
-    v.add_argument("--estimator", default="gradient", help="gradient (default) | hybrid | exact (a second exact "
-                   "scan, which must agree perfectly)")
+    v.add_argument("--estimator", default="gradient", help="the estimator to check, as horizon scan takes it: "
+                   "gradient (default); exact scans a second time exactly, which must agree perfectly")
+    v.add_argument("--kl-tokens", type=int, default=8, help="gradient estimator: the most probable tokens KL's "
+                   "second-order estimate sums over (default: 8)")
     v.add_argument("--limit", type=int, default=8, help="first N samples (default: 8)")
     v.add_argument("--metric", default=None, help="compare one metric (default: every metric but keep_prob)")
     v.add_argument("--layers", default="all", help="all | 0,4,8 | 0:32:2 (default: all)")

@@ -41,7 +41,6 @@ from .scores import RAW_METRICS
 from .stats import StatsParams, agreement, agreement_summary, horizon_agreement, load_runs
 from .stats.agreement import HORIZON_TOLERANCE, SPEARMAN_GOAL
 
-ESTIMATORS = ("gradient", "hybrid", "exact")
 TIMINGS = "timings.json"
 
 
@@ -56,15 +55,11 @@ def horizon_tolerance(estimator: str) -> float:
     return HORIZON_TOLERANCE if estimator == "gradient" else 0.0
 
 
-def check_estimator(estimator: str) -> None:
-    if estimator not in ESTIMATORS:
-        raise HorizonError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
-
-
 def scan_config(config: ScanConfig | None, limit: int, metric: str | None = None,
-                options: Mapping[str, Any] | None = None) -> ScanConfig:
+                options: Mapping[str, Any] | None = None, estimator: str = "exact") -> ScanConfig:
     """The scan configuration both scans share (a copy: ``config`` with ``options`` and ``limit``), checked
-    before any model loads. With ``metric`` and no metrics of its own it scans ``metric`` only."""
+    before any model loads, for the exact scan and for ``estimator`` (what ``horizon scan --estimator``
+    accepts). With ``metric`` and no metrics of its own it scans ``metric`` only."""
     options = {k: tuple(v) if k == "metrics" and v else v for k, v in (options or {}).items()}
     try:
         cfg = replace(config, **options) if config is not None else ScanConfig(**options)
@@ -74,10 +69,11 @@ def scan_config(config: ScanConfig | None, limit: int, metric: str | None = None
         raise HorizonError(f"--limit must be a positive number of samples, got {limit}")
     if cfg.shard is not None:
         raise HorizonError("validate-estimator scans one subset both ways; it takes no --shard")
-    cfg = replace(cfg, limit=limit)
+    cfg = replace(cfg, limit=limit, estimator="exact")
     if metric is not None and not cfg.metrics:
         cfg.metrics = (metric,)  # scan what is validated, not the protocol's defaults
     cfg.validate()
+    replace(cfg, estimator=estimator).validate()  # an estimator the scan lacks or refuses fails here
     if metric is not None and metric not in cfg.metrics:
         raise HorizonError(f"--metric {metric!r} is not among the scanned metrics ({', '.join(cfg.metrics)})")
     return cfg
@@ -146,9 +142,8 @@ def validate_estimator(model: VisionLM | str | Path, data: str | Path | Iterable
     ``horizons`` (frames), ``validation`` (what validation.json holds) and
     ``runs`` (the two run directories).
     """
-    check_estimator(estimator)
     params = params or StatsParams()
-    cfg = scan_config(config, limit, metric, scan_options)
+    cfg = scan_config(config, limit, metric, scan_options, estimator)
     if isinstance(data, (str, Path)) and not Path(data).is_file():
         raise HorizonError(f"dataset file not found: {data}")
     out = Path(out)
@@ -163,8 +158,8 @@ def validate_estimator(model: VisionLM | str | Path, data: str | Path | Iterable
     # a scan that ignored the estimator would make exact scores look like a perfect estimate
     recorded = read_config(runs["estimate"]).get("estimator", "exact")
     if recorded != estimator:
-        raise HorizonError(f"{runs['estimate']}: the scan recorded estimator {recorded!r}, not {estimator!r}; "
-                           f"this horizon's scan does not implement the {estimator} estimator")
+        raise HorizonError(f"{runs['estimate']}: run.json records estimator {recorded!r}, not {estimator!r}, "
+                           "so its scores need not be that estimate; remove the run or choose another --out")
 
     exact_scores, estimate_scores = read_scores(runs["exact"]), read_scores(runs["estimate"])
     if exact_scores.empty or estimate_scores.empty:

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import horizon
 from horizon.cli import main
-from horizon.io.runs import read_run
+from horizon.io.runs import read_config, read_run
 from horizon.stats import StatsParams
 from horizon.validate import validate_estimator
 from helpers import error_of
@@ -98,7 +97,7 @@ def test_cli_prints_the_table(checkpoints, dataset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--estimator", "magic"], "--estimator must be one of gradient, hybrid, exact, got 'magic'"),
+    (["--estimator", "magic"], "--estimator must be one of exact, gradient, got 'magic'"),
     (["--limit", "0"], "--limit must be a positive number"),
     (["--metric", "gain_prob"], "gain_prob"),
     (["--group", "0"], "--group"),
@@ -123,17 +122,30 @@ def test_verb_user_errors(models, dataset, tmp_path):
                                         metrics=("dlogp",)), "'kl'", "dlogp")
 
 
-def test_an_estimator_the_scan_does_not_implement_is_refused(models, dataset, tmp_path):
-    """Until a scan records the estimator it used, its run would be exact: validating it as an estimate
-    must fail, not report a perfect estimator."""
-    from horizon.io.runs import read_config
-
+def test_gradient_against_exact(models, dataset, tmp_path):
+    """The gradient estimator on a random tiny model: no goal is expected, only a complete, consistent report."""
     out = tmp_path / "v"
-    try:
-        validate_estimator(models["llava"], dataset("llava", 1), out, estimator="gradient", limit=1,
-                           progress=False, params=FAST, layers="0", metrics=("dlogp",))
-    except horizon.HorizonError as exc:
-        assert read_config(out / "gradient").get("estimator", "exact") != "gradient"
-        assert "does not implement the gradient estimator" in str(exc) and "\n" not in str(exc)
-    else:  # a scan that implements it records it
-        assert read_config(out / "gradient")["estimator"] == "gradient"
+    result = validate_estimator(models["llava"], dataset("llava", 4), out, estimator="gradient", limit=4,
+                                progress=False, params=FAST, layers="0,2", metrics=("dlogp", "kl"))
+    assert result["runs"]["estimate"] == out / "gradient"
+    assert read_config(out / "gradient")["estimator"] == "gradient"
+    pairs = result["pairs"]
+    assert len(pairs) == 2 * 4 * 2 and pairs.spearman.dropna().between(-1, 1).all()
+    assert pairs.top_overlap.between(0, 1).all() and (pairs.max_abs_error >= 0).all()
+    written = json.loads((out / "validation.json").read_text())
+    assert written["horizon_tolerance"] == 1 and written["speedup"] > 0
+    assert set(written["goals"]) == {"dlogp", "kl"}
+    assert len(result["horizons"]) == 2 * 2  # metrics x tasks
+
+
+def test_an_estimate_run_that_does_not_record_its_estimator_is_refused(models, dataset, tmp_path):
+    """A run that does not say it was estimated may be exact: compared as an estimate it would pass for a
+    perfect one."""
+    out, data = tmp_path / "v", dataset("llava", 1)
+    options = dict(estimator="gradient", limit=1, progress=False, params=FAST, layers="0", metrics=("dlogp",))
+    validate_estimator(models["llava"], data, out, **options)
+    config = json.loads((out / "gradient" / "run.json").read_text())
+    del config["estimator"]  # as a scan that ignored the estimator writes it
+    (out / "gradient" / "run.json").write_text(json.dumps(config))
+    error_of(lambda: validate_estimator(models["llava"], data, out, **options),
+             "records estimator 'exact', not 'gradient'")
