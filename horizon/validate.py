@@ -166,9 +166,9 @@ def validate_estimator(model: VisionLM | str | Path, data: str | Path | Iterable
         empty = runs["exact"] if exact_scores.empty else runs["estimate"]
         raise HorizonError(f"{empty}: no scores (every sample failed?); see its samples table")
     metrics = _metrics(exact_scores, estimate_scores, metric)
-    floor = load_runs([runs["exact"]])[0]["floor"]
-    pairs = pd.concat([agreement(exact_scores, estimate_scores, m, params.top_share, floor.get(m, 0.0))
-                       for m in metrics], ignore_index=True)
+    floor, estimate_floor = (run["floor"] for run in load_runs([runs["exact"], runs["estimate"]]))
+    pairs = pd.concat([agreement(exact_scores, estimate_scores, m, params.top_share, floor.get(m, 0.0),
+                                 estimate_floor.get(m, 0.0)) for m in metrics], ignore_index=True)
     summary = agreement_summary(pairs, n_boot=params.n_boot, seed=params.seed, ci=params.ci)
     tolerance = horizon_tolerance(estimator)
     horizons = horizon_agreement(runs["exact"], runs["estimate"], metric=metric, params=params,
@@ -204,9 +204,9 @@ def format_validation(result: Mapping[str, Any]) -> str:
     speed-up."""
     def ci(row: Mapping[str, Any], column: str) -> str:
         value, lo, hi = row[column], row[f"{column}_lo"], row[f"{column}_hi"]
-        if value is None or value != value:
+        if pd.isna(value):
             return "n/a"
-        return f"{value:.2f}" + ("" if lo != lo else f" [{lo:.2f}, {hi:.2f}]")
+        return f"{value:.2f}" + ("" if pd.isna(lo) else f" [{lo:.2f}, {hi:.2f}]")
 
     def horizon(row: Mapping[str, Any], side: str) -> str:
         status = row[f"status_{side}"]

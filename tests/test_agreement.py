@@ -98,12 +98,18 @@ def test_constant_and_tiny_pairs_are_nan_with_a_note():
     assert math.isnan(summary[summary.layer == 0].spearman.item())
 
 
-def test_floor_zeroes_rounding_on_both_sides():
+def test_each_side_is_zeroed_within_its_own_floor():
     ex = frame({("a", 0): [1e-9, -2e-9, 3e-9, 1.0]})
     es = frame({("a", 0): [3e-9, 2e-9, -1e-9, 1.0]})
     assert agreement(ex, es, "dlogp").spearman.item() < 1
-    zeroed = agreement(ex, es, "dlogp", floor=1e-8)
+    zeroed = agreement(ex, es, "dlogp", floor=1e-8, estimate_floor=1e-8)
     assert zeroed.spearman.item() == pytest.approx(1) and zeroed.max_abs_error.item() == 0
+    # the exact floor does not touch a (tiny-scaled) estimate: it still ranks the groups
+    small = frame({("a", 0): [1e-9, 2e-9, 3e-9, 4e-9]})
+    big = frame({("a", 0): [0.0, 0.0, 0.5, 2.0]})
+    one = agreement(big, small, "dlogp", floor=1e-3)
+    assert one.note.item() == "" and one.spearman.item() == pytest.approx(sps.spearmanr([0, 0, 0.5, 2], [1, 2, 3, 4])[0])
+    assert agreement(big, small, "dlogp", estimate_floor=1e-3).note.item() == "estimate constant"
 
 
 def test_only_common_groups_count():

@@ -88,14 +88,16 @@ def _top(frame: pd.DataFrame, column: str, k: np.ndarray, seg: np.ndarray) -> np
 
 
 def agreement(exact: pd.DataFrame, estimate: pd.DataFrame, metric: str, top_share: float = 0.10,
-              floor: float = 0.0) -> pd.DataFrame:
+              floor: float = 0.0, estimate_floor: float = 0.0) -> pd.DataFrame:
     """Per (sample_id, layer): how well ``estimate`` ranks and matches the groups ``exact`` scored.
 
     Both are score frames (sample_id, layer, group, metric, value); rows of
     ``metric`` are inner-joined on (sample_id, layer, group), rows with a NaN
-    on either side left out. Scores within +-``floor`` (the exact run's
-    numerical floor: rounding alone moves a score that far) are zero on both
-    sides first, as the analysis reads them.
+    on either side left out. Exact scores within +-``floor`` (the exact run's
+    numerical floor: rounding alone moves a score that far) are zero first,
+    as the analysis reads them; estimated ones within +-``estimate_floor``
+    (the estimate run's floor, 0 where it measured none). Each side keeps its
+    own scale: an estimate off by a constant factor still ranks the groups.
 
     Columns: ``metric``, ``sample_id``, ``layer``, ``n_groups`` (groups in
     common), ``spearman`` and ``pearson`` (correlation over those groups;
@@ -118,9 +120,9 @@ def agreement(exact: pd.DataFrame, estimate: pd.DataFrame, metric: str, top_shar
     both = both[both.value_x.notna() & both.value_y.notna()]
     if both.empty:
         raise HorizonError(f"exact and estimate scores of {metric!r} share no (sample_id, layer, group)")
-    if floor > 0:
-        for column in ("value_x", "value_y"):
-            both[column] = both[column].where(both[column].abs() > floor, 0.0)
+    for column, level in (("value_x", floor), ("value_y", estimate_floor)):
+        if level > 0:
+            both[column] = both[column].where(both[column].abs() > level, 0.0)
     both = both.sort_values(PAIR + ["group"], kind="stable", ignore_index=True)
 
     keys = both[PAIR]
