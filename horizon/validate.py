@@ -132,7 +132,8 @@ def validate_estimator(model: VisionLM | str | Path, data: str | Path | Iterable
     ``model`` is a loaded :class:`VisionLM` or a hub id / directory (loaded
     once for both scans); ``data`` as for :func:`horizon.scan`; scan options
     as ``config`` and/or the fields of :class:`ScanConfig`. Both scans resume
-    (rerunning scans nothing already scanned). ``metric`` compares one metric;
+    (rerunning scans nothing already scanned; the tables cover every sample
+    both runs hold, a larger earlier ``limit``'s too). ``metric`` compares one metric;
     by default every metric both runs have except raw ``keep_prob``.
     ``params`` are the analysis' (the horizon and the bootstrap CIs).
 
@@ -144,8 +145,11 @@ def validate_estimator(model: VisionLM | str | Path, data: str | Path | Iterable
     """
     params = params or StatsParams()
     cfg = scan_config(config, limit, metric, scan_options, estimator)
-    if isinstance(data, (str, Path)) and not Path(data).is_file():
-        raise HorizonError(f"dataset file not found: {data}")
+    if isinstance(data, (str, Path)):
+        if not Path(data).is_file():
+            raise HorizonError(f"dataset file not found: {data}")
+    else:
+        data = list(data)  # scanned twice: a generator would be empty the second time
     out = Path(out)
     runs = {"exact": out / "exact", "estimate": out / estimate_dir_name(estimator)}
     vlm = model if isinstance(model, VisionLM) else load(model)

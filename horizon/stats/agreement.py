@@ -20,6 +20,7 @@ horizon within ``HORIZON_TOLERANCE`` layers of the exact one.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -260,7 +261,10 @@ def _runs(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
 
 def _horizons(paths: str | Path | Sequence[str | Path], metric: str | None, params: StatsParams) -> pd.DataFrame:
     runs = load_runs(_runs(paths))
-    return summarize(stream_sample_stats(runs, metric, params.top_share), params)
+    with warnings.catch_warnings():
+        # an estimate with no positive score at any layer has no uniformity; summarize already reads that as NaN
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        return summarize(stream_sample_stats(runs, metric, params.top_share), params)
 
 
 def horizon_agreement(exact_runs: str | Path | Sequence[str | Path],
