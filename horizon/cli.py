@@ -33,7 +33,8 @@ def _scan(args: argparse.Namespace) -> int:
         metrics=tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None,
         target=args.target, answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
         limit=args.limit, on_error=args.on_error, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
-        shard=shard, estimator=args.estimator, kl_tokens=args.kl_tokens,
+        shard=shard, estimator=args.estimator, kl_tokens=args.kl_tokens, hybrid_margin=args.hybrid_margin,
+        hybrid_top=args.hybrid_top,
     )
     cfg.validate()  # fail on bad options before loading a model
     if not Path(args.data).is_file():
@@ -59,6 +60,10 @@ def _scan(args: argparse.Namespace) -> int:
     samples = read_table(out, "samples", columns=["sample_id", "status"])
     ok = (samples.status == "ok").sum()
     skipped = _skipped(samples)
+    if cfg.estimator == "hybrid":
+        exact = read_table(out, "scores", columns=["exact"]).exact
+        print(f"hybrid: {exact.mean():.1%} of the scores measured exactly, the rest estimated (the scores' exact "
+              "column says which)")
     mine = f"shard {shard} done; " if shard.count > 1 else ""
     print(f"{mine}run written to {out} ({ok} of {len(samples)} samples ok, {count_rows(out, 'scores')} scores"
           + (f"; {skipped}" if skipped else "") + ")")
@@ -367,9 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="ablations per forward pass (default: automatic)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue a killed run (same configuration)")
-    s.add_argument("--estimator", default="exact", choices=["exact", "gradient"],
+    s.add_argument("--estimator", default="exact", choices=["exact", "gradient", "hybrid"],
                    help="exact: measure every removal (default); gradient: estimate them all from one forward and "
-                        "backward pass per sample (recorded in run.json as an estimate)")
+                        "backward pass per sample; hybrid: the estimate, then exact removal around the sample's "
+                        "estimated horizon and for each layer's top groups (recorded in run.json and per score)")
+    s.add_argument("--hybrid-margin", type=int, default=1, help="hybrid: layers on each side of the estimated "
+                   "horizon measured exactly (default: 1)")
+    s.add_argument("--hybrid-top", type=float, default=0.10, help="hybrid: share of each layer's groups, the top by "
+                   "the estimate, measured exactly (default: 0.10)")
     s.add_argument("--kl-tokens", type=int, default=8, help="gradient estimator: the most probable tokens KL's "
                    "second-order estimate sums over (default: 8)")
     s.add_argument("--shard", default=None, help="i/n: scan every n-th sample from the i-th into the shared --out "

@@ -42,7 +42,7 @@ from .errors import HorizonError
 from .groups import Group
 from .models import VisionLM
 
-ESTIMATORS = ("exact", "gradient")
+ESTIMATORS = ("exact", "gradient", "hybrid")
 GRADIENT_METRICS = ("dlogp", "dprob", "kl")
 KL_TOKENS = 8
 

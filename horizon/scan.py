@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -59,6 +60,8 @@ class ScanConfig:
     shard: str | Shard | None = None  # "i/n": every n-th sample from the i-th (horizon.io.runs.Shard)
     estimator: str = "exact"  # exact | gradient (horizon.estimators): measured removal or its gradient estimate
     kl_tokens: int = KL_TOKENS  # gradient estimator: tokens of KL's second-order estimate
+    hybrid_margin: int = 1  # hybrid: scanned layers on each side of the estimated horizon measured exactly
+    hybrid_top: float = 0.10  # hybrid: share of each layer's groups (the top by the estimate) measured exactly
 
     def validate(self) -> None:
         self.metrics = check_metrics(self.protocol, self.metrics or DEFAULT_METRICS.get(self.protocol, ()))
@@ -77,9 +80,9 @@ class ScanConfig:
             self.shard = Shard.parse(self.shard)
         if self.estimator not in ESTIMATORS:
             raise HorizonError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if self.estimator == "gradient":
+        if self.estimator in ("gradient", "hybrid"):
             if self.protocol != "remove":
-                raise HorizonError("--estimator gradient estimates the remove protocol only (the keep protocol's "
+                raise HorizonError(f"--estimator {self.estimator} estimates the remove protocol only (the keep protocol's "
                                    "estimate is not built yet); use --protocol remove or --estimator exact")
             if self.kl_tokens < 1:
                 raise HorizonError(f"--kl-tokens must be positive, got {self.kl_tokens}")
@@ -246,6 +249,9 @@ ESTIMATOR_METHOD = ("gradient (attribution patching): dlogp = sum over layers >=
                     "d log(attention gate) at the clean point; dprob = p(y) * that; kl = second order, 1/2 sum over "
                     "the {k} most probable tokens of p_v (first-order change of log p_v)^2. Estimates, not measured "
                     "removals; no numerical floor is measured")
+HYBRID_METHOD = ("the gradient estimate everywhere, then the exact engine for every group of the scanned layers within "
+                 "`margin` of the sample's estimated horizon and the `top` share of groups per layer by the estimate; "
+                 "the scores' `exact` column says which rows were measured; the floor is measured on those layers")
 SCORED_TOKEN_RULE = ("the first answer token whose text is not only whitespace (leading word-boundary tokens such as "
                      "Llama's bare '▁' before a digit are fed but not scored); --answer-span full scores it and every "
                      "later answer token")
@@ -352,19 +358,27 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     clean = clean_pass(vlm, inputs, scored)
     target = torch.tensor(answer_ids[first:], device=clean.scored_logits.device)  # where the head put the logits
     logp = clean.scored_logprobs()
-    if cfg.estimator == "gradient":
+    estimated = None  # (estimates, which rows are measured exactly) for the gradient and hybrid estimators
+    if cfg.estimator in ("gradient", "hybrid"):
         # one forward and backward pass (plus one backward per KL token) instead of one pass per ablation
         grads = gate_gradients(vlm, clean, target, cfg.kl_tokens if "kl" in cfg.metrics else 0)
-        estimates = estimate_remove(grads, groups, layers, cfg.metrics)
-        values = {m: v.float().numpy() for m, v in estimates.items()}
-        n_real, floor = len(layers) * len(groups), {}  # an estimate has no null ablation to measure a floor with
-        if on_batch:
-            on_batch(1.0)
-        return _sample_tables(vlm, sample, cfg, layers, groups, visual, values, n_real, floor, inputs, answer_ids,
-                              first, grids, logp, target, generated, images)
+        estimates = {m: v.float().numpy() for m, v in estimate_remove(grads, groups, layers, cfg.metrics).items()}
+        deciding = "dlogp" if "dlogp" in estimates else next(iter(estimates))
+        measured = (hybrid_plan(estimates[deciding].reshape(len(layers), len(groups)), cfg.hybrid_margin,
+                                cfg.hybrid_top).flatten() if cfg.estimator == "hybrid"
+                    else np.zeros(len(layers) * len(groups), dtype=bool))
+        estimated = (estimates, measured)
+        if not measured.any():
+            if on_batch:
+                on_batch(1.0)
+            return _sample_tables(vlm, sample, cfg, layers, groups, visual, estimates, len(measured), {}, inputs,
+                                  answer_ids, first, grids, logp, target, generated, images, measured)
     real = _ablations(groups, visual, layers, cfg.protocol)
+    if estimated is not None:  # hybrid: only what decides the result is measured (and the floor of those layers)
+        real = [a for a, m in zip(real, estimated[1]) if m]
+        layers_measured = sorted({a.layer for a in real})
     # null ablations ride in the same batches as the real ones, so they see the same arithmetic
-    ablations = real + null_ablations(visual, layers, cfg.protocol)
+    ablations = real + null_ablations(visual, layers if estimated is None else layers_measured, cfg.protocol)
     batch_size = cfg.batch_size or auto_batch_size(vlm, clean)
     planned = plan_batches(ablations, batch_size, clean.seq_len, reuse_start=reuse_start(vlm, clean))
     n_batches = len(planned) + (1 if cfg.protocol == "keep" else 0)
@@ -398,13 +412,44 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
         if on_batch:
             on_batch(done / n_batches)
     floor = floor_of({m: v[n_real:] for m, v in values.items()}, shifts)
+    if estimated is not None:
+        estimates, measured = estimated
+        combined = {m: estimates[m].copy() for m in cfg.metrics}
+        for m in cfg.metrics:
+            combined[m][measured] = values[m][:n_real]  # the engine's own values, untouched
+        return _sample_tables(vlm, sample, cfg, layers, groups, visual, combined, len(measured), floor, inputs,
+                              answer_ids, first, grids, logp, target, generated, images, measured)
     return _sample_tables(vlm, sample, cfg, layers, groups, visual, values, n_real, floor, inputs, answer_ids, first,
                           grids, logp, target, generated, images)
 
 
+def hybrid_plan(estimate: np.ndarray, margin: int, top_share: float) -> np.ndarray:
+    """Which (layer, group) of ``estimate`` (scanned layers x groups) the hybrid estimator measures exactly.
+
+    Every group of the layers within ``margin`` scanned layers of the sample's
+    estimated horizon (the first scanned layer from which the mean of the
+    estimate's positive part over groups stays at or below 5% of its largest
+    value; past the last layer when it never does, so the last ``margin``
+    layers are measured), and in every layer the top ``top_share`` of groups by
+    the estimate.
+    """
+    n_layers, n_groups = estimate.shape
+    curve = np.clip(estimate, 0.0, None).mean(1)
+    vanished = curve <= 0.05 * curve.max()
+    horizon = next((i for i in range(n_layers) if vanished[i:].all()), n_layers)
+    measured = np.zeros(estimate.shape, dtype=bool)
+    measured[max(0, horizon - margin): min(n_layers, horizon + margin + 1)] = True
+    k = min(n_groups, max(1, math.ceil(top_share * n_groups))) if top_share > 0 else 0
+    if k:
+        top = np.argsort(-estimate, axis=1, kind="stable")[:, :k]
+        measured[np.arange(n_layers)[:, None], top] = True
+    return measured
+
+
 def _sample_tables(vlm, sample, cfg, layers, groups, visual, values, n_real, floor, inputs, answer_ids, first, grids,
-                   logp, target, generated, images):
-    """A scanned sample's row, groups frame and scores frame."""
+                   logp, target, generated, images, measured=None):
+    """A scanned sample's row, groups frame and scores frame (with ``measured``: an ``exact`` column saying which
+    scores the engine measured and which are estimates)."""
     n_groups = len(groups)
     scores = pd.concat(
         [
@@ -414,6 +459,7 @@ def _sample_tables(vlm, sample, cfg, layers, groups, visual, values, n_real, flo
                 "group": np.tile(np.arange(n_groups, dtype=np.int64), len(layers)),
                 "metric": metric,
                 "value": values[metric][:n_real],
+                **({} if measured is None else {"exact": measured}),
             })
             for metric in cfg.metrics
         ],
@@ -471,6 +517,8 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
         "reuse_prefix": cfg.reuse_prefix,
         **({"estimator": cfg.estimator, "estimated": True, "estimator_method": ESTIMATOR_METHOD.format(k=cfg.kl_tokens)}
            if cfg.estimator != "exact" else {}),
+        **({"hybrid": {"margin": cfg.hybrid_margin, "top": cfg.hybrid_top, "method": HYBRID_METHOD}}
+           if cfg.estimator == "hybrid" else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {
             "python": platform.python_version(), "torch": torch.__version__,

@@ -129,3 +129,49 @@ def test_estimator_refusals(models, dataset):
              "remove protocol only")
     error_of(lambda: horizon.scan(models["llava"], data, estimator="gradient", kl_tokens=0, progress=False),
              "--kl-tokens")
+
+
+def test_hybrid_plan_measures_around_the_estimated_horizon_and_the_top_groups():
+    import numpy as np
+
+    from horizon.scan import hybrid_plan
+
+    # mean positive part per layer: 1.0, 0.5, 0.2, 0.01, 0.0, 0.0 -> at or below 5% of 1.0 from layer 3 on
+    estimate = np.array([[1.0, 2.0, 0.5, -0.5], [0.5, 1.0, 0.5, 0.0], [0.2, 0.4, 0.2, 0.0],
+                         [0.01, 0.03, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    plan = hybrid_plan(estimate, margin=1, top_share=0.25)
+    expected = np.zeros_like(plan)
+    expected[2:5] = True  # the horizon (3) +- 1
+    expected[[0, 1, 5], [1, 1, 0]] = True  # each layer's top group (ties: the first)
+    assert (plan == expected).all()
+    # a curve that never vanishes: the last layers are measured
+    assert hybrid_plan(np.ones((4, 3)), margin=1, top_share=0.0).tolist() == [[False] * 3] * 3 + [[True] * 3]
+
+
+def test_hybrid_measures_exactly_what_it_says_and_estimates_the_rest(models, dataset, tmp_path):
+    """The rows hybrid marks exact are the exact engine's scores bit for bit (batch 1: no row shares arithmetic with
+    another), the others are the gradient estimate's, and the marks follow hybrid_plan on the estimate."""
+    import numpy as np
+
+    from horizon.scan import hybrid_plan
+
+    vlm, data = models["llava"], dataset("llava", 2)
+    options = dict(metrics=("dlogp", "kl"), group=1, batch_size=1, progress=False)
+    exact = horizon.scan(vlm, data, out=tmp_path / "exact", **options).scores
+    grad = horizon.scan(vlm, data, out=tmp_path / "gradient", estimator="gradient", **options).scores
+    hybrid = horizon.scan(vlm, data, out=tmp_path / "hybrid", estimator="hybrid", hybrid_top=0.2, **options)
+    config = json.loads((tmp_path / "hybrid" / "run.json").read_text())
+    assert config["estimator"] == "hybrid" and config["hybrid"]["top"] == 0.2
+    key = ["sample_id", "metric", "layer", "group"]
+
+    def ordered(frame):
+        return frame.astype({"sample_id": str, "metric": str}).sort_values(key).reset_index(drop=True)
+
+    h, e, g = ordered(hybrid.scores), ordered(exact), ordered(grad)
+    assert h.exact.any() and not h.exact.all() and not g.exact.any()
+    assert (h.value[h.exact].to_numpy() == e.value[h.exact].to_numpy()).all()
+    assert (h.value[~h.exact].to_numpy() == g.value[~h.exact].to_numpy()).all()
+    for sid in ("q0", "q1"):
+        est = g[(g.sample_id == sid) & (g.metric == "dlogp")].pivot(index="layer", columns="group", values="value")
+        marks = h[(h.sample_id == sid) & (h.metric == "dlogp")].pivot(index="layer", columns="group", values="exact")
+        assert (marks.to_numpy() == hybrid_plan(est.to_numpy(), 1, 0.2)).all()

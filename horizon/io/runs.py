@@ -84,7 +84,7 @@ HASHED_KEYS = (
 
 
 # Keys hashed only when they differ from the value runs had before the key existed, so older runs keep their hash.
-OPTIONAL_HASHED = {"estimator": "exact"}
+OPTIONAL_HASHED = {"estimator": "exact", "estimator_method": None, "hybrid": None}
 
 
 def config_hash(config: dict[str, Any], keys: Sequence[str] = HASHED_KEYS) -> str:
@@ -405,8 +405,10 @@ class RunStore:
 
 
 def _table(frame: pd.DataFrame, table: str) -> pa.Table:
-    """``frame`` in the table's compact stored types."""
+    """``frame`` in the table's compact stored types (scores of an estimator carry an ``exact`` flag as well)."""
     schema = SCHEMAS[table]
+    if table == "scores" and "exact" in frame.columns:
+        schema = schema.append(pa.field("exact", pa.bool_()))
     return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
 
 
