@@ -81,7 +81,8 @@ def _validate(args: argparse.Namespace) -> int:
     # every user error before the weights load
     cfg = scan_config(ScanConfig(layers=args.layers, group=args.group, protocol=args.protocol, target=args.target,
                                  answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
-                                 kl_tokens=args.kl_tokens),
+                                 kl_tokens=args.kl_tokens, hybrid_margin=args.hybrid_margin,
+                                 hybrid_top=args.hybrid_top),
                       args.limit, args.metric, estimator=args.estimator)
     if not Path(args.data).is_file():
         raise HorizonError(f"dataset file not found: {args.data}")
@@ -400,9 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", required=True, help="dataset JSONL (DESIGN §4)")
     v.add_argument("--out", required=True, help="output directory: both runs (resumable) and the agreement tables")
     v.add_argument("--estimator", default="gradient", help="the estimator to check, as horizon scan takes it: "
-                   "gradient (default); exact scans a second time exactly, which must agree perfectly")
+                   "gradient (default) | hybrid; exact scans a second time exactly, which must agree perfectly")
     v.add_argument("--kl-tokens", type=int, default=8, help="gradient estimator: the most probable tokens KL's "
                    "second-order estimate sums over (default: 8)")
+    v.add_argument("--hybrid-margin", type=int, default=1, help="hybrid: layers on each side of the estimated "
+                   "horizon measured exactly (default: 1)")
+    v.add_argument("--hybrid-top", type=float, default=0.10, help="hybrid: share of each layer's groups, the top by "
+                   "the estimate, measured exactly (default: 0.10)")
     v.add_argument("--limit", type=int, default=8, help="first N samples (default: 8)")
     v.add_argument("--metric", default=None, help="compare one metric (default: every metric but keep_prob)")
     v.add_argument("--layers", default="all", help="all | 0,4,8 | 0:32:2 (default: all)")

@@ -13,8 +13,9 @@ verb scans the first ``limit`` samples both ways into ``out/exact`` and
 * the horizon ``horizon analyze`` finds from each run and their difference;
 * the goals: median Spearman >= 0.9, and a horizon within 1 layer of the
   exact one (the same layer for ``hybrid``, which rescans near the horizon);
-* the scans' seconds per sample and their ratio, the speed-up
-  (``validation.json`` holds all of it).
+* the scans' seconds per sample and their ratio, the speed-up, and for
+  ``hybrid`` the share of its scores measured exactly (``validation.json``
+  holds all of it).
 
 ``estimator="exact"`` scans a second time exactly, into ``out/exact-rescan``:
 it must agree perfectly, which checks the scan's determinism and this
@@ -50,8 +51,8 @@ def estimate_dir_name(estimator: str) -> str:
 
 
 def horizon_tolerance(estimator: str) -> float:
-    """How far (layers) the estimate's horizon may be from the exact one: none for hybrid, which rescans exactly
-    around the horizon, and for a second exact scan; 1 layer for gradient."""
+    """How far (layers) the estimate's horizon may be from the exact one: none for hybrid, which measures the
+    layers around its estimated horizon exactly, and for a second exact scan; 1 layer for gradient."""
     return HORIZON_TOLERANCE if estimator == "gradient" else 0.0
 
 
@@ -191,6 +192,8 @@ def validate_estimator(model: VisionLM | str | Path, data: str | Path | Iterable
         "seconds": {k: timings.get(v.name, {}).get("seconds") for k, v in runs.items()},
         "seconds_per_sample": {k: None if math.isnan(v) else v for k, v in per_sample.items()},
         "speedup": None if math.isnan(speedup) else speedup,
+        # hybrid: how much of its result is measured rather than estimated (its scores' exact flag)
+        "exact_share": float(estimate_scores["exact"].mean()) if "exact" in estimate_scores.columns else None,
         "goals": goals, "spearman_goal": SPEARMAN_GOAL, "horizon_tolerance": tolerance,
         "summary": _records(summary), "horizons": _records(horizons),
         "params": {"top_share": params.top_share, "ci": params.ci, "n_boot": params.n_boot, "seed": params.seed,
@@ -234,6 +237,8 @@ def format_validation(result: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     seconds = validation["seconds_per_sample"]
+    if validation.get("exact_share") is not None:
+        lines.append(f"measured exactly: {validation['exact_share']:.1%} of the {validation['estimator']} scores")
     if validation["speedup"] is None:
         lines.append("speed-up: unknown (the runs' samples were scanned before validate-estimator timed them)")
     else:
