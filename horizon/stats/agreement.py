@@ -144,7 +144,8 @@ def agreement(exact: pd.DataFrame, estimate: pd.DataFrame, metric: str, top_shar
 
     constant_x = np.maximum.reduceat(vx, starts) == np.minimum.reduceat(vx, starts)
     constant_y = np.maximum.reduceat(vy, starts) == np.minimum.reduceat(vy, starts)
-    note = np.where(n < 3, FEW_GROUPS, np.where(constant_x, EXACT_CONSTANT, np.where(constant_y, ESTIMATE_CONSTANT, "")))
+    note = np.where(n < 3, FEW_GROUPS,
+                    np.where(constant_x, EXACT_CONSTANT, np.where(constant_y, ESTIMATE_CONSTANT, "")))
     undefined = note != ""
     first = both.iloc[starts]
     return pd.DataFrame({
