@@ -193,7 +193,8 @@ def validate_estimator(model: VisionLM | str | Path, data: str | Path | Iterable
         "seconds_per_sample": {k: None if math.isnan(v) else v for k, v in per_sample.items()},
         "speedup": None if math.isnan(speedup) else speedup,
         # hybrid: how much of its result is measured rather than estimated (its scores' exact flag)
-        "exact_share": float(estimate_scores["exact"].mean()) if "exact" in estimate_scores.columns else None,
+        "exact_share": float(estimate_scores["exact"].mean())
+        if estimator == "hybrid" and "exact" in estimate_scores.columns else None,
         "goals": goals, "spearman_goal": SPEARMAN_GOAL, "horizon_tolerance": tolerance,
         "summary": _records(summary), "horizons": _records(horizons),
         "params": {"top_share": params.top_share, "ci": params.ci, "n_boot": params.n_boot, "seed": params.seed,
