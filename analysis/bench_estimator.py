@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,17 +33,8 @@ from horizon.estimators import estimate_remove, gate_gradients
 from horizon.groups import tile
 from horizon.scores import remove_scores
 
+from bench_prune import median_time
 from bench_scan import build_inputs, build_model
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

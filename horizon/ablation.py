@@ -31,7 +31,7 @@ import torch
 
 from .errors import HorizonError
 from .models import VisionLM
-from .models.adapter import ATTENTION_KINDS
+from .models.adapter import ATTENTION_KINDS, additive_mask
 
 log = logging.getLogger("horizon")
 
@@ -254,9 +254,8 @@ def _ablated_pass(vlm: VisionLM, clean: CleanPass, rows: list[Ablation], reuse_p
     masks = {}
     for kind in dict.fromkeys(types):
         allowed = (adapter.attends(clean.layout, kind, index[:, :, None], key_positions[:, None, :]) & live) | eye
-        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=device)  # moved to each layer by its dispatch hook
-        mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)
-        masks[kind] = mask[:, None]  # (B, 1, n, prefix + n), additive: eager and sdpa both take it
+        # (B, 1, n, prefix + n); moved to each layer by its dispatch hook
+        masks[kind] = additive_mask(allowed, hidden.dtype)[:, None]
 
     def prefix_kv(j: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (clean.keys[j][:, :, :prefix].expand(n_rows, -1, -1, -1),

@@ -347,6 +347,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimator_options(p: argparse.ArgumentParser) -> None:
+    """The gradient and hybrid estimators' settings, as scan and validate-estimator take them."""
+    p.add_argument("--hybrid-margin", type=int, default=1, help="hybrid: layers on each side of the estimated "
+                   "horizon measured exactly (default: 1)")
+    p.add_argument("--hybrid-top", type=float, default=0.10, help="hybrid: share of each layer's groups, the top by "
+                   "the estimate, measured exactly (default: 0.10)")
+    p.add_argument("--kl-tokens", type=int, default=8, help="gradient estimator: the most probable tokens KL's "
+                   "second-order estimate sums over (default: 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .benchmarks import format_choices, metric_choices
 
@@ -377,12 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact: measure every removal (default); gradient: estimate them all from one forward and "
                         "backward pass per sample; hybrid: the estimate, then exact removal around the sample's "
                         "estimated horizon and for each layer's top groups (recorded in run.json and per score)")
-    s.add_argument("--hybrid-margin", type=int, default=1, help="hybrid: layers on each side of the estimated "
-                   "horizon measured exactly (default: 1)")
-    s.add_argument("--hybrid-top", type=float, default=0.10, help="hybrid: share of each layer's groups, the top by "
-                   "the estimate, measured exactly (default: 0.10)")
-    s.add_argument("--kl-tokens", type=int, default=8, help="gradient estimator: the most probable tokens KL's "
-                   "second-order estimate sums over (default: 8)")
+    _estimator_options(s)
     s.add_argument("--shard", default=None, help="i/n: scan every n-th sample from the i-th into the shared --out "
                    "(Slurm arrays, shell loops); under torchrun each rank takes its share of it")
     s.add_argument("--on-error", default="stop", choices=["stop", "skip"],
@@ -402,12 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="output directory: both runs (resumable) and the agreement tables")
     v.add_argument("--estimator", default="gradient", help="the estimator to check, as horizon scan takes it: "
                    "gradient (default) | hybrid; exact scans a second time exactly, which must agree perfectly")
-    v.add_argument("--kl-tokens", type=int, default=8, help="gradient estimator: the most probable tokens KL's "
-                   "second-order estimate sums over (default: 8)")
-    v.add_argument("--hybrid-margin", type=int, default=1, help="hybrid: layers on each side of the estimated "
-                   "horizon measured exactly (default: 1)")
-    v.add_argument("--hybrid-top", type=float, default=0.10, help="hybrid: share of each layer's groups, the top by "
-                   "the estimate, measured exactly (default: 0.10)")
+    _estimator_options(v)
     v.add_argument("--limit", type=int, default=8, help="first N samples (default: 8)")
     v.add_argument("--metric", default=None, help="compare one metric (default: every metric but keep_prob)")
     v.add_argument("--layers", default="all", help="all | 0,4,8 | 0:32:2 (default: all)")

@@ -41,6 +41,7 @@ from .ablation import CleanPass
 from .errors import HorizonError
 from .groups import Group
 from .models import VisionLM
+from .models.adapter import additive_mask
 
 ESTIMATORS = ("exact", "gradient", "hybrid")
 GRADIENT_METRICS = ("dlogp", "dprob", "kl")
@@ -54,8 +55,7 @@ def _masks(vlm: VisionLM, clean: CleanPass, dtype: torch.dtype) -> dict[str, tor
     masks = {}
     for kind in dict.fromkeys(vlm.adapter.layer_types(vlm.language_model)):
         allowed = vlm.adapter.attends(clean.layout, kind, positions[:, None], positions[None, :])
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        masks[kind] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+        masks[kind] = additive_mask(allowed, dtype)[None, None]
     return masks
 
 

@@ -196,11 +196,10 @@ class _ShardLock:
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _lock_holder(self.path)
+            error = _busy(run, shard, self.path)
             self.handle.close()
             self.handle = None
-            raise HorizonError(f"{run}: shard {shard} is being written by {holder}; two processes cannot write one "
-                               "shard (wait for it, or stop it and --resume)") from None
+            raise error from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}))
@@ -211,6 +210,12 @@ class _ShardLock:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None
+
+
+def _busy(run: Path, shard: Shard, lock: Path) -> HorizonError:
+    """The refusal of a second writer of ``shard``, naming the process that holds its ``lock``."""
+    return HorizonError(f"{run}: shard {shard} is being written by {_lock_holder(lock)}; two processes cannot write "
+                        "one shard (wait for it, or stop it and --resume)")
 
 
 def _lock_holder(path: Path) -> str:
@@ -301,8 +306,7 @@ class RunStore:
         a shard another process writes, a rerun without ``resume``."""
         lock = self._lock.path
         if lock.exists() and lock_held(lock):
-            raise HorizonError(f"{self.path}: shard {self.shard} is being written by {_lock_holder(lock)}; two "
-                               "processes cannot write one shard (wait for it, or stop it and --resume)")
+            raise _busy(self.path, self.shard, lock)
         if (self.path / "run.json").exists():
             self.refuse_rerun(resume)
 
@@ -501,19 +505,6 @@ def sample_parts(run: str | Path) -> dict[str, str]:
     return out
 
 
-def iter_scores(run: str | Path, columns: Sequence[str] | None = None,
-                batch_rows: int = 1 << 20) -> Iterator[pd.DataFrame]:
-    """The scores of a run a piece at a time: one frame per part (one sample each, as scan writes them), and a
-    single ``scores.parquet`` in batches of ``batch_rows`` rows (a sample's rows may then span batches)."""
-    for path in table_files(run, "scores"):
-        handle = pq.ParquetFile(path)
-        if handle.metadata.num_rows <= batch_rows:
-            yield _conform(handle.read(columns=list(columns) if columns else None), "scores").to_pandas()
-            continue
-        for batch in handle.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
-            yield _conform(pa.Table.from_batches([batch]), "scores").to_pandas()
-
-
 def count_rows(run: str | Path, table: str) -> int:
     """Rows of a run's table, from the parquet footers alone."""
     return sum(pq.read_metadata(f).num_rows for f in table_files(run, table))
@@ -535,7 +526,8 @@ def with_image_column(groups: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_config(run: str | Path) -> dict[str, Any]:
-    """run.json, with the numerical floor as the run's samples give it (a killed writer leaves run.json's behind)."""
+    """run.json of a run directory; refuses a directory without one. (``read_run`` also gives the numerical floor
+    as the run's samples have it: a killed writer leaves run.json's behind.)"""
     run = Path(run)
     if not (run / "run.json").exists():
         raise HorizonError(f"{run}: not a run directory (no run.json)")

@@ -61,6 +61,13 @@ def materialized(*modules: torch.nn.Module) -> Iterator[None]:
         yield
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask (0 where ``allowed``, the dtype's lowest value elsewhere) that eager and sdpa
+    attention both take, on ``allowed``'s device."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 def _pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     return hidden_states
 

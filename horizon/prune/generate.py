@@ -29,7 +29,7 @@ import torch
 from ..decoding import Decoding
 from ..errors import HorizonError
 from ..models import VisionLM
-from ..models.adapter import execution_device
+from ..models.adapter import additive_mask, execution_device
 from ..scan import append_answer
 from .schedule import Schedule, Stage
 from .strategies import select
@@ -172,8 +172,7 @@ class _Pruning:
             return None
         if isinstance(given, torch.Tensor) and given.dtype == torch.bool:
             return allowed.to(given.device)[None, None, None]
-        mask = torch.zeros(len(keys), dtype=hidden.dtype, device=hidden.device)
-        return mask.masked_fill_(~allowed.to(hidden.device), torch.finfo(hidden.dtype).min)[None, None, None]
+        return additive_mask(allowed.to(hidden.device), hidden.dtype)[None, None, None]
 
     def renumbered_at(self, j: int) -> bool:
         return any(layer <= j for layer in self.stages)

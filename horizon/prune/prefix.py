@@ -25,6 +25,7 @@ import torch
 from ..decoding import Decoding
 from ..errors import HorizonError
 from ..models import VisionLM
+from ..models.adapter import additive_mask
 from .generate import POSITIONS, Generation, _Pruning, decode, generation
 from .schedule import Schedule
 
@@ -265,8 +266,7 @@ class _Rows:
                                    for b, s in enumerate(self.states)])
             allowed &= self.valid[:, :, None] & self.valid[:, None, :]
             allowed |= torch.eye(self.index.shape[1], dtype=torch.bool, device=self.index.device)
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=self.index.device)
-            self.masks[kind] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+            self.masks[kind] = additive_mask(allowed.to(self.index.device), dtype)[:, None]
         return self.masks[kind]
 
     def prefill(self, j: int, module: torch.nn.Module, args: tuple, kwargs: dict):
@@ -426,8 +426,7 @@ def _decode_batch(vlm: VisionLM, rows: list[BatchRow], states: list[_Pruning],
         allowed = torch.stack([adapter.attends(s.layout, types[j], queries[b], idx[b]) for b, s in enumerate(states)])
         allowed = torch.cat([allowed & ok, torch.ones(len(rows), 1, dtype=torch.bool, device=device)], 1)
         hidden = args[0] if args else kwargs["hidden_states"]
-        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=device)
-        kwargs["attention_mask"] = mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)[:, None, None]
+        kwargs["attention_mask"] = additive_mask(allowed.to(device), hidden.dtype)[:, None, None]
         return args, kwargs
 
     handles = [layer.register_forward_pre_hook(

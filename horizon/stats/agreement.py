@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..errors import HorizonError
 from ..records import FOUND, UNDETERMINED, Horizon
-from .horizon import StatsParams, summarize
+from .horizon import StatsParams, _interval, _weights, summarize
 from .per_sample import KEYS, SCORE_REQUIRED, load_runs, stream_sample_stats
 
 SPEARMAN_GOAL = 0.9
@@ -189,14 +189,6 @@ def _weighted_mean(values: np.ndarray, counts: np.ndarray, index: np.ndarray) ->
         return np.where(total > 0, (counts @ per_sample) / np.where(total > 0, total, 1), np.nan)
 
 
-def _interval(values: np.ndarray, ci: float) -> tuple[float, float]:
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return (math.nan, math.nan)
-    lo, hi = np.quantile(values, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    return (float(lo), float(hi))
-
-
 SUMMARY_STATS = (("spearman", "median"), ("pearson", "median"), ("top_overlap", "mean"))
 
 
@@ -224,7 +216,7 @@ def agreement_summary(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
         # one draw of sample counts per resample, shared by every layer, so the overall row and the
         # per-layer rows see the same resamples
         rng = np.random.default_rng(seed)
-        counts = rng.multinomial(len(samples), np.full(len(samples), 1.0 / len(samples)), size=n_boot)
+        counts = _weights(rng, len(samples), n_boot)
         scopes = [(pd.NA, np.ones(len(part), dtype=bool))]
         scopes += [(int(layer), (part.layer == layer).to_numpy()) for layer in sorted(part.layer.unique())]
         for layer, mask in scopes:
@@ -240,7 +232,7 @@ def agreement_summary(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                     boot = _weighted_median(v, counts, index[ok])
                 else:
                     point = float(v.mean()) if v.size else math.nan
-                    boot = _weighted_mean(v, counts.astype(np.float64), index[ok])
+                    boot = _weighted_mean(v, counts, index[ok])
                 row[column] = point
                 row[f"{column}_lo"], row[f"{column}_hi"] = _interval(boot, ci)
             if "max_abs_error" in part.columns:
