@@ -69,9 +69,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     guessed at. Alpha (RGBA, LA, PA, palette transparency) is dropped, not
     composited: LLaVA's reference preprocessing calls ``.convert('RGB')``,
     which drops it (Qwen's qwen_vl_utils composites RGBA on white instead; we
-    follow the LLaVA reference for every family). CMYK, YCbCr, 1-bit, L, HSV
-    and palettes use PIL's conversion; LAB goes through an LCMS LAB -> sRGB
-    transform (PIL alone copies the channels).
+    follow the LLaVA reference for every family). CMYK, YCbCr, 1-bit, L, HSV,
+    LAB and palettes use PIL's conversion.
     """
     mode = img.mode
     if mode in SIXTEEN_BIT_MODES or mode == "F":
@@ -91,11 +90,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
             scaled = values / 257.0
         grey = np.floor(scaled + 0.5).astype(np.uint8)  # round half up
         return Image.fromarray(grey, mode="L").convert("RGB")
-    if mode == "LAB":
-        from PIL import ImageCms
-
-        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
-        return ImageCms.applyTransform(img, transform)
     if mode in ("P", "PA"):
         # through RGBA: PIL warns when a palette's transparency goes straight to RGB; the colours are the same
         return img.convert("RGBA").convert("RGB")
