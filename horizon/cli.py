@@ -21,7 +21,7 @@ log = logging.getLogger("horizon")
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from .data import as_samples
+    from .data import as_samples, missing_message
     from .io.runs import RunStore, Shard, count_rows, read_table
     from .models import load, refuse_extra_images
     from .scan import ScanConfig, combined_shard, distributed_shard, scan
@@ -38,7 +38,7 @@ def _scan(args: argparse.Namespace) -> int:
     )
     cfg.validate()  # fail on bad options before loading a model
     if not Path(args.data).is_file():
-        raise HorizonError(f"dataset file not found: {args.data}")
+        raise HorizonError(missing_message(args.data, "dataset file"))
     out = Path(args.out)
     _log_to(out if (out / "run.json").exists() or not out.exists() or not any(out.iterdir()) else None)
     # a model family that cannot take the data's image count says so before its weights load
@@ -73,7 +73,7 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .data import as_samples
+    from .data import as_samples, missing_message
     from .models import load, refuse_extra_images
     from .scan import ScanConfig
     from .validate import format_validation, scan_config, validate_estimator
@@ -85,7 +85,7 @@ def _validate(args: argparse.Namespace) -> int:
                                  hybrid_top=args.hybrid_top),
                       args.limit, args.metric, estimator=args.estimator)
     if not Path(args.data).is_file():
-        raise HorizonError(f"dataset file not found: {args.data}")
+        raise HorizonError(missing_message(args.data, "dataset file"))
     refuse_extra_images(args.model, as_samples(args.data)[: args.limit], args.data)
     vlm = load(args.model, dtype=args.dtype, device=args.device)
     result = validate_estimator(vlm, args.data, args.out, estimator=args.estimator, limit=args.limit,

@@ -2,21 +2,106 @@
 
 ``{"id": str, "image": path relative to the file (or a list of them, one per
 image of the prompt), "question": str, "answer": str or [str, ...], "task": str}``;
-extra keys are kept and ignored.
+extra keys are kept and ignored. A missing or null ``task`` is ``"default"``.
+The file is UTF-8 (a leading byte-order mark is allowed).
+
+Every image is opened by :func:`open_rgb`, which converts any PIL mode to
+8-bit RGB without clipping (:func:`to_rgb`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image
 
 from .errors import HorizonError, SampleError
 
 REQUIRED_KEYS = ("id", "image", "question", "answer")
+
+# What opening and decoding an image file can raise for a bad file (not for a bug in horizon): PIL's
+# UnidentifiedImageError and truncation errors are OSErrors, some decoders raise SyntaxError, EOFError or
+# ValueError, and DecompressionBombError (an image more than twice PIL's pixel limit) derives from Exception only.
+IMAGE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError)
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def path_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be opened, in words, or None when it exists.
+
+    pathlib's ``exists()`` is False alike for a missing path, a symbolic link
+    loop and a broken link; each needs a different fix, so they are told apart.
+    """
+    try:
+        os.stat(path)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop (following it leads back to itself); fix or remove the link"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (its target {os.readlink(path)} does not exist)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "not found"
+        return f"cannot be accessed ({exc.strerror})"
+
+
+def missing_message(path: str | Path, what: str) -> str:
+    """'{what} not found: {path}', or what else is wrong with it (a link loop, a broken link)."""
+    problem = path_problem(path) or "not found"
+    return f"{what} not found: {path}" if problem == "not found" else f"{what} {path} {problem}"
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, whatever its PIL mode, without clipping.
+
+    PIL's own ``convert("RGB")`` clips 16-bit and float images at 255 (a
+    16-bit PNG turns almost white). Here 16-bit values (modes I;16*, and I,
+    read as 16-bit) map v -> round(v / 257) so v * 257 -> v; float images
+    (mode F, e.g. float TIFF) are read as 0..1 and map v -> round(v * 255).
+    Values outside those ranges (or NaN) raise ValueError rather than being
+    guessed at. Alpha (RGBA, LA, PA, palette transparency) is dropped, not
+    composited: LLaVA's reference preprocessing calls ``.convert('RGB')``,
+    which drops it (Qwen's qwen_vl_utils composites RGBA on white instead; we
+    follow the LLaVA reference for every family). CMYK, YCbCr, 1-bit, L, HSV,
+    LAB and palettes use PIL's conversion.
+    """
+    mode = img.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if np.isnan(values).any():
+            raise ValueError(f"{mode} image holds NaN values")
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if mode == "F":
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(f"float image (mode F) with values in [{lo:g}, {hi:g}]; horizon reads float images "
+                                 "as 0..1: rescale it or save it as an 8-bit image")
+            scaled = values * 255.0
+        else:
+            if lo < 0 or hi > 65535:
+                raise ValueError(f"integer image (mode {mode}) with values in [{lo:g}, {hi:g}]; horizon reads it as "
+                                 "16-bit (0..65535): save it as an 8- or 16-bit image")
+            scaled = values / 257.0
+        grey = np.floor(scaled + 0.5).astype(np.uint8)  # round half up
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in ("P", "PA"):
+        # through RGBA: PIL warns when a palette's transparency goes straight to RGB; the colours are the same
+        return img.convert("RGBA").convert("RGB")
+    if mode == "La":  # premultiplied alpha: undo it first, as for RGBa (which PIL's RGB conversion handles)
+        return img.convert("LA").convert("RGB")
+    return img.convert("RGB")
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """The image file at ``path`` as 8-bit RGB (:func:`to_rgb`); raises one of :data:`IMAGE_ERRORS` for a bad file."""
+    with Image.open(path) as img:
+        return to_rgb(img)
 
 
 @dataclass
@@ -59,17 +144,21 @@ class Sample:
         try:
             with Image.open(path) as img:
                 return img.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise SampleError(self.id, f"cannot read image {path}: {exc}") from None
+        except IMAGE_ERRORS as exc:
+            raise SampleError(self.id, f"cannot read image {path}: {_one_line(exc)}") from None
 
     def _load(self, path: Path) -> Image.Image:
-        if not path.exists():
-            raise SampleError(self.id, f"image file not found: {path}")
+        if path_problem(path):
+            raise SampleError(self.id, missing_message(path, "image file"))
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise SampleError(self.id, f"cannot read image {path}: {exc}") from None
+            return open_rgb(path)
+        except IMAGE_ERRORS as exc:
+            raise SampleError(self.id, f"cannot read image {path}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (or its type's name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def sample_from_dict(obj: Mapping[str, Any], base: Path, where: str) -> Sample:
@@ -100,8 +189,13 @@ def sample_from_dict(obj: Mapping[str, Any], base: Path, where: str) -> Sample:
         raise HorizonError(f"{where}: 'image' must be a path string or a list of path strings")
     images = [Path(e) for e in ([entries] if isinstance(entries, str) else entries)]
     images = [p if p.is_absolute() else base / p for p in images]
+    task = obj.get("task")
+    if task is None:  # JSON null is an absent task, not the task "None"
+        task = "default"
+    elif isinstance(task, bool) or not isinstance(task, (str, int)) or str(task) == "":
+        raise HorizonError(f"{where}: 'task' must be a non-empty string (or null for the default task), got {task!r}")
     extra = {k: v for k, v in obj.items() if k not in (*REQUIRED_KEYS, "task")}
-    return Sample(sid, images[0], obj["question"], answers, str(obj.get("task", "default")), extra, images=images)
+    return Sample(sid, images[0], obj["question"], answers, str(task), extra, images=images)
 
 
 def read_jsonl(path: str | Path, *, strict: bool = True) -> list[Sample]:
@@ -113,15 +207,17 @@ def read_jsonl(path: str | Path, *, strict: bool = True) -> list[Sample]:
     """
     path = Path(path)
     if not path.is_file():
-        raise HorizonError(f"dataset file not found: {path}")
+        raise HorizonError(missing_message(path, "dataset file"))
     samples: list[Sample] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
+    # bytes that are not UTF-8 come through as surrogates, so one bad line is that line's problem, not the file's
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
+                not_utf8(line, where)
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
@@ -138,6 +234,16 @@ def read_jsonl(path: str | Path, *, strict: bool = True) -> list[Sample]:
     if not samples:
         raise HorizonError(f"{path}: no samples")
     return samples
+
+
+def not_utf8(line: str, where: str) -> None:
+    """Refuse a line read with errors="surrogateescape" that held bytes which are not UTF-8."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(line[exc.start]) - 0xDC00  # surrogateescape keeps the byte as U+DC80..U+DCFF
+        raise HorizonError(f"{where}: not UTF-8 text (byte 0x{byte:02x} at column {exc.start + 1}); "
+                           "save the file as UTF-8") from None
 
 
 def as_samples(data: str | Path | Iterable[Sample | Mapping[str, Any]], *, strict: bool = True) -> list[Sample]:

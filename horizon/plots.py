@@ -516,16 +516,15 @@ def _load_image(path: Any, image_root: Path | None):
     """The sample's image as an RGB array, or None when it is missing or unreadable."""
     if path is None or (isinstance(path, float) and math.isnan(path)) or str(path) == "":
         return None
-    from PIL import Image
+    from .data import IMAGE_ERRORS, open_rgb
 
     p = Path(str(path))
     candidates = [p] if p.is_absolute() or image_root is None else [p, Path(image_root) / p]
     for cand in candidates:
         if cand.is_file():
             try:
-                with Image.open(cand) as img:
-                    return np.asarray(img.convert("RGB"))
-            except OSError:
+                return np.asarray(open_rgb(cand))
+            except IMAGE_ERRORS:
                 return None
     return None
 

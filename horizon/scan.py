@@ -176,10 +176,37 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
 
 
 def encode_sample(vlm: VisionLM, sample: Sample) -> tuple[dict[str, torch.Tensor], str]:
-    """Model inputs and prompt text of a sample: one image placeholder per image, every image loaded."""
+    """Model inputs and prompt text of a sample: one image placeholder per image, every image loaded.
+
+    scan and prune-eval prepare every sample here, so a sample that cannot be
+    prepared is a SampleError (recorded under ``--on-error skip``): images
+    that cannot be read (:meth:`Sample.load_images`), and what processors and
+    tokenizers raise for inputs they reject -- ValueError (Qwen's image
+    processor for an aspect ratio above 200, UnicodeError), OSError and
+    horizon's own HorizonError. Other exceptions are bugs and propagate.
+    """
     images = sample.load_images()
-    prompt = vlm.adapter.prompt(vlm.processor, sample.question, len(images))
-    return vlm.adapter.encode(vlm.processor, images, prompt), prompt
+    try:
+        prompt = vlm.adapter.prompt(vlm.processor, sample.question, len(images))
+        inputs = vlm.adapter.encode(vlm.processor, images, prompt)
+    except SampleError:
+        raise
+    except (ValueError, OSError, HorizonError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise SampleError(sample.id, f"the processor rejected it ({type(exc).__name__}: {message})") from None
+    check_context(vlm, sample, inputs["input_ids"], "prompt")
+    return inputs, prompt
+
+
+def check_context(vlm: VisionLM, sample: Sample, input_ids: torch.Tensor, what: str) -> None:
+    """Refuse a sample whose ``what`` (its tokens ``input_ids``, visual ones included) is longer than the
+    positions the language model was built for: past them its outputs mean nothing, and nothing else says so."""
+    limit, n = vlm.max_positions, int(input_ids.shape[-1])
+    if limit is not None and n > limit:
+        visual = int((input_ids == vlm.adapter.image_token_id(vlm.hf)).sum())
+        raise SampleError(sample.id, f"{what} is {n} tokens ({visual} of them image tokens), longer than the "
+                                     f"model's {limit} positions (max_position_embeddings); shorten the question "
+                                     "or use smaller images")
 
 
 def image_records(vlm: VisionLM, sample: Sample, grids: list[ImageGrid]) -> list[dict[str, Any]]:
@@ -345,6 +372,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     if cfg.answer_span == "first":
         answer_ids = answer_ids[: first + 1]  # the whitespace-only tokens before it are fed, not scored
     inputs = append_answer(prompt_inputs, answer_ids)
+    check_context(vlm, sample, inputs["input_ids"], "prompt with its answer")
     start = prompt_inputs["input_ids"].shape[1]
     # position i predicts the token at i + 1: answer token j is predicted at start - 1 + j
     scored = list(range(start - 1 + first, start - 1 + len(answer_ids)))

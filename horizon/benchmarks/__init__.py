@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import missing_message
 from ..errors import HorizonError
 from . import jsonl, textvqa, vqav2, mme, pope  # noqa: F401  (registration order = --format choices order)
 from .base import BENCHMARKS, LLAVA_SHORT_ANSWER, METRICS, Benchmark, EvalSet, Scoring
@@ -71,12 +72,12 @@ def read_eval(data: str | Path, *, answers: str | Path | None = None, image_fold
         raise HorizonError(f"--format {format!r}: unknown format; use one of {', '.join(format_choices())}")
     data = Path(data)
     if not data.exists():
-        raise HorizonError(f"question file not found: {data} (--data)")
+        raise HorizonError(f"{missing_message(data, 'question file')} (--data)")
     if not data.is_file():
         raise HorizonError(f"{data}: is a folder, not a question file (--data)")
     answers = Path(answers) if answers is not None else None
     if answers is not None and not answers.exists():
-        raise HorizonError(f"answers not found: {answers} (--answers)")
+        raise HorizonError(f"{missing_message(answers, 'answers')} (--answers)")
     folder = Path(image_folder) if image_folder is not None else None
 
     benchmark = BENCHMARKS.get(_detect(data, answers) if format == "auto" else format)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data import not_utf8
 from ..errors import HorizonError
 
 # How much of a file format=auto looks at.
@@ -21,10 +22,11 @@ def json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; every line must be a JSON object."""
     out = []
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig", errors="surrogateescape") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
+                not_utf8(line, f"{path}:{lineno}")  # names the line, not just the file
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
@@ -42,9 +44,10 @@ def json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def first_object(path: Path) -> tuple[int, Any]:
     """(line number, value) of the first non-blank line."""
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig", errors="surrogateescape") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if line.strip():
+                    not_utf8(line, f"{path}:{lineno}")
                     try:
                         return lineno, json.loads(line)
                     except json.JSONDecodeError as exc:

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 from nnsight import NNsight
 
+from ..data import path_problem
 from ..errors import HorizonError
 from .adapter import Adapter, adapter_for
 
@@ -88,19 +89,62 @@ class VisionLM:
     def tokenizer(self) -> Any:
         return getattr(self.processor, "tokenizer", self.processor)
 
+    @property
+    def max_positions(self) -> int | None:
+        """The most positions the language model was built for: its text config's ``max_position_embeddings``
+        (None when the config does not say)."""
+        limit = getattr(self.language_model.config, "max_position_embeddings", None)
+        return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def looks_local(text: str) -> bool:
+    """Whether a --model value is meant as a local path: a hub id is ``name`` or ``org/name``."""
+    return text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or text.count("/") > 1 or "\\" in text
+
+
+def model_source(model: str | Path) -> str:
+    """``model`` as transformers should get it: a local directory (``~`` expanded) or a hub id.
+
+    A local-looking path that is not there is refused as such (transformers
+    would call it a malformed repo id), and a symbolic link loop or broken
+    link is named as one (pathlib calls both "not there").
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    problem = path_problem(path)
+    if problem is None:
+        return str(path)
+    if problem != "not found":
+        raise HorizonError(f"model {text} {problem}")
+    if isinstance(model, Path) or looks_local(text):
+        raise HorizonError(f"model directory not found: {text} (no such directory)")
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _refusal(source: str, exc: BaseException) -> HorizonError | None:
+    """transformers' refusal to run a checkpoint's own code, said with horizon's options."""
+    if "trust_remote_code" not in str(exc) and "custom code" not in str(exc):
+        return None
+    return HorizonError(f"{source}: the checkpoint ships its own Python code, which horizon does not run unless "
+                        "asked; read that code, then pass --trust-remote-code (CLI) or trust_remote_code=True (API)")
+
 
 def read_config(source: str | Path, trust_remote_code: bool = False) -> Any:
     """The checkpoint's transformers config (no weights), or a one-line HorizonError."""
     from transformers import AutoConfig
 
-    source = str(source)
+    source = model_source(source)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HorizonError(f"cannot load model config from {source!r}: {first}") from None
+        raise HorizonError(f"cannot load model config from {source!r}: {_first_line(exc)}") from None
     except ValueError as exc:
-        raise HorizonError(f"{source}: {str(exc).splitlines()[0]}") from None
+        raise _refusal(source, exc) or HorizonError(f"{source}: {_first_line(exc)}") from None
 
 
 def refuse_extra_images(model: str | Path, samples: Sequence[Any], where: str,
@@ -115,6 +159,38 @@ def refuse_extra_images(model: str | Path, samples: Sequence[Any], where: str,
         return
     adapter = adapter_for(read_config(model, trust_remote_code))
     adapter.check_image_count(len(most.images), f"{where}: sample {most.id!r}")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tekken.json")
+
+
+def load_processor(adapter: Adapter, source: str, trust_remote_code: bool) -> Any:
+    """The checkpoint's processor, or a one-line HorizonError naming what is missing."""
+    try:
+        return adapter.load_processor(source, trust_remote_code)
+    except (OSError, ValueError, ImportError) as exc:
+        if (refusal := _refusal(source, exc)) is not None:
+            raise refusal from None
+        local = Path(source)
+        if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+            raise HorizonError(f"{source}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                               "checkpoint's tokenizer files into it") from None
+        raise HorizonError(f"cannot load the processor (tokenizer and image processor) from {source!r}: "
+                           f"{type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _bad_safetensors(source: str) -> str | None:
+    """The first .safetensors file of a local checkpoint that safetensors cannot open, or None."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(source)
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return str(path)
+    return None
 
 
 def load(
@@ -145,12 +221,13 @@ def load(
     """
     from transformers import AutoModelForImageTextToText
 
-    source = str(model)
+    source = model_source(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if Path(source).exists() and not (Path(source) / "config.json").is_file():
         raise HorizonError(f"{source}: not a model directory (no config.json)")
     adapter = adapter_for(read_config(source, trust_remote_code))
+    processor = load_processor(adapter, source, trust_remote_code)  # before the weights: a bad one fails fast
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if device_map is not None:
         if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
@@ -167,16 +244,25 @@ def load(
         kwargs["attn_implementation"] = attn_implementation
     if not allow_unsafe_weights:
         kwargs["use_safetensors"] = True
+    from safetensors import SafetensorError
+
     try:
         hf = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0]
         hint = " (pickle weights need allow_unsafe_weights / --allow-unsafe-weights)" if "safetensors" in first else ""
         raise HorizonError(f"cannot load weights from {source!r}: {first}{hint}") from None
+    except SafetensorError as exc:
+        raise HorizonError(f"cannot load weights from {source!r}: {_bad_safetensors(source) or 'a .safetensors file'} "
+                           f"is not a valid safetensors file ({_first_line(exc)}); it is truncated or corrupted: "
+                           "download it again") from None
+    except ValueError as exc:
+        if (refusal := _refusal(source, exc)) is not None:
+            raise refusal from None
+        raise
     if device_map is None:
         hf.to(dev)
     hf.eval()
-    processor = adapter.load_processor(source, trust_remote_code)
     where = f"device map {device_map!r}" if device_map is not None else str(dev)
     log.info("loaded %s (%s, %s, %s, attn=%s)", source, adapter.name, torch_dtype, where, hf.config._attn_implementation)
     return VisionLM(hf=hf, nn=NNsight(hf), processor=processor, adapter=adapter, source=source)
