@@ -79,6 +79,7 @@ def _validate(args: argparse.Namespace) -> int:
     from .validate import format_validation, scan_config, validate_estimator
 
     # every user error before the weights load
+    params = _stats_params(args)
     cfg = scan_config(ScanConfig(layers=args.layers, group=args.group, protocol=args.protocol, target=args.target,
                                  answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
                                  kl_tokens=args.kl_tokens, hybrid_margin=args.hybrid_margin,
@@ -90,7 +91,7 @@ def _validate(args: argparse.Namespace) -> int:
     vlm = load(args.model, dtype=args.dtype, device=args.device)
     result = validate_estimator(vlm, args.data, args.out, estimator=args.estimator, limit=args.limit,
                                 metric=args.metric, config=cfg, progress=not args.quiet,
-                                params=_stats_params(args))
+                                params=params)
     print(format_validation(result))
     print(f"agreement.csv, agreement_summary.csv and validation.json in {args.out}; "
           f"runs {result['runs']['exact']} and {result['runs']['estimate']}")
@@ -340,7 +341,9 @@ def _log_to(run_dir: Path | None) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
+    from .stats import StatsParams
 
+    StatsParams(n_boot=args.n_boot, n_perm=args.n_perm)  # refuse bad options before any scan
     run_demo(DemoConfig(out=Path(args.out), runs=Path(args.runs), limit=args.limit, n_boot=args.n_boot,
                         n_perm=args.n_perm, prune=not args.no_prune, prune_limit=args.prune_limit))
     print(f"figures and summary in {args.out}; runs in {args.runs}")

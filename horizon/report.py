@@ -69,9 +69,9 @@ def analyze(runs: Sequence[str | Path], out: str | Path, *, metric: str | None =
     from .plots import make_figures
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     loaded = load_runs(runs)
     result = analyze_frames(loaded, metric=metric, params=params)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run or option refused leaves no --out behind
     if tables:
         records = summary_records(result["summary"])
         (out / "summary.json").write_text(json.dumps(records, indent=2) + "\n")

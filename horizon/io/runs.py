@@ -33,6 +33,7 @@ import os
 import re
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -441,6 +442,24 @@ def _committed(run: Path) -> set[str]:
     return {p.name for p in folder.glob("*.parquet")} if folder.is_dir() else set()
 
 
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn pyarrow's failure to read ``path`` (not parquet, cut short, unreadable) into one line naming it."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise HorizonError(f"{path}: cannot read it as a parquet table ({reason}); a file cut short or not "
+                           "written by horizon: rescan that sample (--resume) or remove the file") from None
+
+
+def parquet_file(path: Path) -> pq.ParquetFile:
+    """``pq.ParquetFile(path)``, refusing a file that is not parquet with one line naming it."""
+    with reading(path):
+        return pq.ParquetFile(path)
+
+
 def table_files(run: str | Path, table: str) -> list[Path]:
     """The parquet files that hold ``table`` of a run: its single file, then its parts (committed ones only)."""
     run = Path(run)
@@ -488,7 +507,10 @@ def read_table(run: str | Path, table: str, columns: Sequence[str] | None = None
     files = table_files(run, table) if files is None else list(files)
     if not files:
         return _empty(table, columns)
-    tables = [_conform(pq.read_table(f, columns=list(columns) if columns else None), table) for f in files]
+    tables = []
+    for f in files:
+        with reading(f):
+            tables.append(_conform(pq.read_table(f, columns=list(columns) if columns else None), table))
     merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     return merged.to_pandas()
 
@@ -500,14 +522,16 @@ def sample_parts(run: str | Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
         if PART.match(path.name):
-            for sample_id in pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist():
+            with reading(path):
+                ids = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
+            for sample_id in ids:
                 out[str(sample_id)] = path.name
     return out
 
 
 def count_rows(run: str | Path, table: str) -> int:
     """Rows of a run's table, from the parquet footers alone."""
-    return sum(pq.read_metadata(f).num_rows for f in table_files(run, table))
+    return sum(parquet_file(f).metadata.num_rows for f in table_files(run, table))
 
 
 def read_scores(run: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -529,9 +553,17 @@ def read_config(run: str | Path) -> dict[str, Any]:
     """run.json of a run directory; refuses a directory without one. (``read_run`` also gives the numerical floor
     as the run's samples have it: a killed writer leaves run.json's behind.)"""
     run = Path(run)
-    if not (run / "run.json").exists():
+    path = run / "run.json"
+    if not path.exists():
         raise HorizonError(f"{run}: not a run directory (no run.json)")
-    return json.loads((run / "run.json").read_text())
+    try:
+        config = json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise HorizonError(f"{path}: not valid JSON ({exc}); a run.json cut short or edited by hand: restore "
+                           "it (its keys are listed under Run directory in the README)") from None
+    if not isinstance(config, dict):
+        raise HorizonError(f"{path}: expected a JSON object of the run's settings, got {type(config).__name__}")
+    return config
 
 
 def read_run(run: str | Path) -> dict[str, Any]:
@@ -595,11 +627,45 @@ class ScorePiece:
     whole: bool
 
 
+# What the readers' columns must hold, when a file has them (the analysis computes on these; a hand-made
+# file may store narrower or wider types, and ids as integers).
+COLUMN_KINDS = {
+    "sample_id": ("text", "integer"), "task": ("text",), "status": ("text",), "floor": ("text",),
+    "layer": ("integer",), "group": ("integer",), "metric": ("text",), "value": ("floating", "integer"),
+}
+
+
+def _kind(dtype: pa.DataType) -> str:
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    if pa.types.is_null(dtype):
+        return "null"  # a column of missing values only: no type to disagree with
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return "text"
+    if pa.types.is_integer(dtype):
+        return "integer"
+    if pa.types.is_floating(dtype):
+        return "floating"
+    return str(dtype)
+
+
+def check_types(path: Path, schema: pa.Schema) -> None:
+    """Refuse, naming the file and the column, a column of ``COLUMN_KINDS`` stored in another type."""
+    for field in schema:
+        kinds = COLUMN_KINDS.get(field.name)
+        kind = _kind(field.type)
+        if kinds is not None and kind != "null" and kind not in kinds:
+            words = {"text": "text", "integer": "integers", "floating": "floats"}
+            want = " or ".join(words[k] for k in kinds)
+            raise HorizonError(f"{path}: column {field.name} holds {words.get(kind, kind)}, expected {want}")
+
+
 def check_columns(path: Path, schema: pa.Schema, required: Sequence[str]) -> None:
-    """Refuse, naming the file, a table that lacks a column of ``required``."""
+    """Refuse, naming the file, a table that lacks a column of ``required`` or holds one in a wrong type."""
     missing = [c for c in required if c not in schema.names]
     if missing:
         raise HorizonError(f"{path}: missing required column(s) {', '.join(missing)}")
+    check_types(path, schema)
 
 
 def iter_score_pieces(run: str | Path, columns: Sequence[str], batch_rows: int = 1 << 20,
@@ -610,13 +676,20 @@ def iter_score_pieces(run: str | Path, columns: Sequence[str], batch_rows: int =
     otherwise); only ``columns`` are read, in the compact stored types.
     """
     for path in table_files(run, "scores"):
-        handle = pq.ParquetFile(path)
+        handle = parquet_file(path)
         check_columns(path, handle.schema_arrow, required)
         whole = path.parent.name == "scores" and PART.match(path.name) is not None
         if handle.metadata.num_rows <= batch_rows:
-            yield ScorePiece(path, _conform(handle.read(columns=list(columns)), "scores"), whole)
+            with reading(path):
+                table = handle.read(columns=list(columns))
+            yield ScorePiece(path, _conform(table, "scores"), whole)
             continue
-        for batch in handle.iter_batches(batch_size=batch_rows, columns=list(columns)):
+        batches = handle.iter_batches(batch_size=batch_rows, columns=list(columns))
+        while True:
+            with reading(path):  # a batch is decoded when asked for
+                batch = next(batches, None)
+            if batch is None:
+                break
             yield ScorePiece(path, _conform(pa.Table.from_batches([batch]), "scores"), False)
 
 
@@ -624,17 +697,21 @@ def max_layer(run: str | Path) -> int | None:
     """The deepest layer in a run's scores, from the parquet footers' statistics (the column where they lack it)."""
     deepest = None
     for path in table_files(run, "scores"):
-        meta = pq.read_metadata(path)
-        names = meta.schema.to_arrow_schema().names
+        handle = parquet_file(path)
+        meta = handle.metadata
+        schema = handle.schema_arrow
+        names = schema.names
         if "layer" not in names:
             continue
+        check_types(path, schema)
         col = names.index("layer")
         for i in range(meta.num_row_groups):
             stats = meta.row_group(i).column(col).statistics
             if stats is not None and stats.has_min_max:
                 top = int(stats.max)
             else:
-                values = pq.read_table(path, columns=["layer"]).column("layer").to_numpy()
+                with reading(path):
+                    values = pq.read_table(path, columns=["layer"]).column("layer").to_numpy()
                 top = int(values.max()) if len(values) else None
             if top is not None:
                 deepest = top if deepest is None else max(deepest, top)
@@ -657,7 +734,7 @@ def read_sample_rows(run: str | Path, table: str, sample_ids: Sequence[Any],
     for path in table_files(run, table):
         if not left:
             break
-        handle = pq.ParquetFile(path)
+        handle = parquet_file(path)
         names = handle.schema_arrow.names
         if "sample_id" not in names:
             raise HorizonError(f"{path}: missing required column(s) sample_id")
@@ -667,7 +744,8 @@ def read_sample_rows(run: str | Path, table: str, sample_ids: Sequence[Any],
                 if handle.metadata.num_row_groups else None
             if stats is not None and stats.has_min_max and stats.min == stats.max and str(stats.min) not in left:
                 continue
-        piece = pq.read_table(path, columns=read, filters=[("sample_id", "in", wanted)])
+        with reading(path):
+            piece = pq.read_table(path, columns=read, filters=[("sample_id", "in", wanted)])
         if piece.num_rows:
             frames.append(_conform(piece, table))
             if whole:  # no other file holds this sample's rows
@@ -690,7 +768,10 @@ def read_columns(run: str | Path, table: str, columns: Sequence[str]) -> pd.Data
         return _empty(table, [c for c in columns if c in SCHEMAS[table].names])
     pieces = []
     for path in files:
-        handle = pq.ParquetFile(path)
-        pieces.append(_conform(handle.read(columns=[c for c in columns if c in handle.schema_arrow.names]), table))
+        handle = parquet_file(path)
+        check_types(path, handle.schema_arrow)
+        with reading(path):
+            piece = handle.read(columns=[c for c in columns if c in handle.schema_arrow.names])
+        pieces.append(_conform(piece, table))
     merged = pa.concat_tables(pieces, promote_options="permissive") if len(pieces) > 1 else pieces[0]
     return merged.to_pandas()

@@ -35,13 +35,41 @@ class StatsParams:
     vanishing_test: str = "not-significant"  # not-significant | equivalence (see the module docstring)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a setting the analysis cannot use, naming its option; every command checks before it writes.
+
+        The bootstrap and the permutation test need at least one draw each
+        (no draws leave nothing to take a quantile or a p-value of: use
+        hundreds); numpy refuses negative seeds.
+        """
         if self.vanishing_test not in VANISHING_TESTS:
             raise HorizonError(f"vanishing test must be one of {', '.join(VANISHING_TESTS)}, "
                                f"got {self.vanishing_test!r}")
+        # written as "not (inside)" so that NaN, which compares false, is refused too
         if not 0 < self.alpha < 1:
-            raise HorizonError(f"alpha must be between 0 and 1, got {self.alpha}")
+            raise HorizonError(f"--alpha must be between 0 and 1 (exclusive), got {self.alpha}")
         if not 0 <= self.threshold < 1:
-            raise HorizonError(f"threshold must be in [0, 1), got {self.threshold}")
+            raise HorizonError(f"--threshold must be in [0, 1) (a fraction of the curve's maximum), "
+                               f"got {self.threshold}")
+        if not 0 < self.uniformity_threshold <= 1:
+            raise HorizonError(f"--uniformity must be in (0, 1], got {self.uniformity_threshold}")
+        if not 0 < self.top_share <= 1:
+            raise HorizonError(f"top_share must be in (0, 1], got {self.top_share}")
+        if not 0 < self.ci < 1:
+            raise HorizonError(f"ci must be between 0 and 1 (exclusive), got {self.ci}")
+        for flag, value in (("--n-boot", self.n_boot), ("--n-perm", self.n_perm)):
+            if not _is_int(value) or value < 1:
+                raise HorizonError(f"{flag} must be a whole number of at least 1 (hundreds for usable intervals "
+                                   f"and p-values), got {value}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise HorizonError(f"--seed must be a whole number of at least 0, got {self.seed}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
 
 # ---------------------------------------------------------------- bootstrap helpers
 

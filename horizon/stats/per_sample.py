@@ -53,12 +53,80 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
         raise HorizonError(f"{where}: missing required column(s) {', '.join(missing)}")
 
 
-def model_name(config: dict[str, Any], run: Path) -> str:
+def model_identity(config: dict[str, Any], run: Path) -> tuple[str, list[str]]:
+    """What identifies a run's model, and the names it may be shown by, shortest first.
+
+    A local checkpoint is its resolved path (two ``checkpoint-500`` folders of
+    different trainings are different models; runs scanned with a relative
+    and an absolute path to one folder are one), shown by its last path
+    components: ``checkpoint-500``, then ``run1/checkpoint-500``, ...; a hub
+    id is itself. A run.json naming no model makes the run its own model.
+    """
     model = config.get("model")
     if not model:
-        return run.name
+        path = run.resolve()
+        return f"run:{path}", _suffixes(path)
     path = Path(str(model))
-    return path.name if path.exists() or path.is_absolute() else str(model)
+    if path.exists() or path.is_absolute():
+        path = path.resolve()
+        return f"path:{path}", _suffixes(path)
+    return f"id:{model}", [str(model)]
+
+
+def _suffixes(path: Path) -> list[str]:
+    """``a/b/c`` -> ``c``, ``b/c``, ..., the whole path: the ever longer names of a path."""
+    parts = [p for p in path.parts if p not in ("/", path.anchor)]
+    return ["/".join(parts[-k:]) for k in range(1, len(parts))] + [str(path)]
+
+
+def model_name(config: dict[str, Any], run: Path) -> str:
+    """The short name of a run's model (its folder's name, or the hub id); ``load_runs`` lengthens it where two
+    different models would share it."""
+    return model_identity(config, run)[1][0]
+
+
+def _name_models(runs: list[dict[str, Any]]) -> None:
+    """Set every run's ``model``: the shortest name that no other model of ``runs`` has.
+
+    Runs of one model (one resolved path or hub id) share the name and are
+    pooled; different models never do, so two ``checkpoint-500`` folders show
+    as ``run1/checkpoint-500`` and ``run2/checkpoint-500``, while a model whose
+    name is unique keeps its short one. Runs that name one model but disagree
+    on what it is (its depth, its architecture), or two models no name tells
+    apart, are refused: pooling them would make one curve of two models.
+    """
+    names: dict[str, list[str]] = {}
+    first: dict[str, dict[str, Any]] = {}
+    keys_of = []
+    for run in runs:
+        key, candidates = run.pop("_identity")
+        keys_of.append(key)
+        names.setdefault(key, candidates)
+        seen = first.setdefault(key, run)
+        for field in ("n_layers", "architecture"):
+            a, b = seen["config"].get(field), run["config"].get(field)
+            if a is not None and b is not None and a != b:
+                raise HorizonError(f"runs {seen['path']} and {run['path']} both name model {candidates[-1]!r} but "
+                                   f"differ in {field} ({a} vs {b}), so they are different models: analyze them "
+                                   "separately, or rescan one naming its checkpoint by a path that tells it apart")
+    level = dict.fromkeys(names, 0)
+    while True:
+        shown: dict[str, list[str]] = {}
+        for key, candidates in names.items():
+            shown.setdefault(candidates[level[key]], []).append(key)
+        clashes = [keys for keys in shown.values() if len(keys) > 1]
+        if not clashes:
+            break
+        for keys in clashes:
+            longer = [k for k in keys if level[k] + 1 < len(names[k])]
+            if len(keys) - len(longer) > 1:  # two at their full names still share one
+                a, b = [k for k in keys if k not in longer][:2]
+                raise HorizonError(f"runs {first[a]['path']} and {first[b]['path']}: their models ({a}, {b}) "
+                                   f"cannot be told apart by name ({names[a][level[a]]!r}); analyze them separately")
+            for k in longer:
+                level[k] += 1
+    for run, key in zip(runs, keys_of):
+        run["model"] = names[key][level[key]]
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -75,28 +143,49 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     for path in map(Path, paths):
         if not path.is_dir():
             raise HorizonError(f"{path}: run directory not found")
-        config = store.read_config(path) if (path / "run.json").exists() else {}
         sample_files = store.table_files(path, "samples")
         if not sample_files:
             raise HorizonError(f"{path}: no samples table (samples.parquet or samples/)")
-        store.check_columns(sample_files[0], store.pq.read_schema(sample_files[0]), SAMPLE_REQUIRED)
+        # run.json says which model and how deep (L): without it runs of different models would pool by folder name
+        config = store.read_config(path)
+        _check_config(path / "run.json", config)
+        store.check_columns(sample_files[0], store.parquet_file(sample_files[0]).schema_arrow, SAMPLE_REQUIRED)
         samples = store.read_columns(path, "samples", SAMPLE_COLUMNS)
         score_files = store.table_files(path, "scores")  # none: every sample failed; other runs may have some
         if score_files:  # the first file now; the stream checks every other one as it reaches it
-            store.check_columns(score_files[0], store.pq.read_schema(score_files[0]), SCORE_REQUIRED)
+            store.check_columns(score_files[0], store.parquet_file(score_files[0]).schema_arrow, SCORE_REQUIRED)
         n_layers = config.get("n_layers")
         if not n_layers:
             deepest = store.max_layer(path)
             n_layers = deepest + 1 if deepest is not None else 0
         samples = samples.assign(sample_id=samples.sample_id.astype(str))
-        runs.append({"path": path, "config": config, "samples": samples, "model": model_name(config, path),
-                     "n_layers": int(n_layers), "floor": _floor(config, samples)})
+        runs.append({"path": path, "config": config, "samples": samples, "_identity": model_identity(config, path),
+                     "n_layers": int(n_layers), "floor": _floor(path, config, samples)})
+    _name_models(runs)
     return runs
 
 
-def _floor(config: dict[str, Any], samples: pd.DataFrame) -> dict[str, float]:
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """Refuse, naming the key, a run.json value the analysis would misread (a depth that is not a count, ...)."""
+    model, n_layers, floor = config.get("model"), config.get("n_layers"), config.get("numerical_floor")
+    if model is not None and not isinstance(model, str):
+        raise HorizonError(f"{path}: model must be a path or hub id (text), got {model!r}")
+    if n_layers is not None and (isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1):
+        raise HorizonError(f"{path}: n_layers must be the model's number of decoder layers (a whole number >= 1), "
+                           f"got {n_layers!r}")
+    if floor is not None and not (isinstance(floor, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in floor.values())):
+        raise HorizonError(f"{path}: numerical_floor must be an object of metric -> number, got {floor!r}")
+
+
+def _floor(path: Path, config: dict[str, Any], samples: pd.DataFrame) -> dict[str, float]:
     """The run's numerical floor per metric: from its samples when they carry one, else run.json, else none."""
-    floor = store.run_floor(samples) or config.get("numerical_floor") or {}
+    try:
+        floor = store.run_floor(samples)
+    except (ValueError, TypeError, AttributeError):  # not JSON, or not an object of numbers
+        raise HorizonError(f"{path}: the samples table's floor column must hold JSON objects of metric -> number "
+                           "(as horizon scan writes them)") from None
+    floor = floor or config.get("numerical_floor") or {}
     return {str(k): float(v) for k, v in floor.items()}
 
 
@@ -292,6 +381,9 @@ class _RunStats:
     metrics: dict[str, int] = field(default_factory=dict)  # metric name -> code
     seen_metrics: set[str] = field(default_factory=set)  # metrics of ok samples (raw ones left out)
     results: list[dict[str, np.ndarray]] = field(default_factory=list)
+    nonfinite: int = 0  # scores of ok samples that are inf or NaN
+    nonfinite_samples: set[int] = field(default_factory=set)
+    first_nonfinite: tuple[int, str, int, float] | None = None  # sample code, metric, layer, value
 
     def __post_init__(self) -> None:
         ok = ok_samples(self.run["samples"])
@@ -301,6 +393,26 @@ class _RunStats:
 
     def metric_code(self, name: str) -> int:
         return self.metrics.setdefault(name, len(self.metrics))
+
+    def refuse_nonfinite(self) -> None:
+        """One line naming the run, how many scores are not finite, in how many samples, and the first.
+
+        An inf or NaN score of a sample whose scan succeeded is a broken
+        computation, not information: the floor would turn NaN into 0 and an
+        inf mean gives a horizon of 0 [0, 0], a result that looks sound. So
+        the run is refused rather than analysed without them (leaving them
+        out would quietly change the samples behind a curve). Errored samples
+        (their scores may be anything) are left out before this check.
+        """
+        if not self.nonfinite:
+            return
+        code, metric, layer, value = self.first_nonfinite
+        sample = next(s for s, c in self.samples.items() if c == code)
+        raise HorizonError(
+            f"{self.run.get('path', 'run')}: {self.nonfinite} non-finite score(s) (inf or NaN) in "
+            f"{len(self.nonfinite_samples)} sample(s) with status ok, first: sample {sample!r}, metric {metric}, "
+            f"layer {layer} (value {value}); a broken computation, not information: rescan those samples "
+            "(or set their status to an error to leave them out)")
 
 
 def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
@@ -336,7 +448,16 @@ def _chunk_stats(table: pa.Table, acc: _RunStats) -> None:
     floor = acc.run.get("floor") or {}
     floor_of = np.array([floor.get(m, 0.0) for m in met_dict], dtype=np.float64)
     layer = table.column("layer").to_numpy().astype(np.int64)[keep]
-    value = table.column("value").to_numpy().astype(np.float64)[keep]
+    value = table.column("value").to_numpy(zero_copy_only=False).astype(np.float64)[keep]
+    bad = ~np.isfinite(value)  # a null (missing) value reads as NaN here too
+    if bad.any():
+        i = int(np.argmax(bad))
+        acc.nonfinite += int(bad.sum())
+        acc.nonfinite_samples.update(sample[keep][bad].tolist())
+        if acc.first_nonfinite is None:
+            acc.first_nonfinite = (int(sample[keep][i]), met_dict[met_idx[keep][i]], int(layer[i]), float(value[i]))
+    if acc.nonfinite:
+        return  # the run is refused once every piece is counted: no statistics of it are needed
     value = np.where(np.abs(value) > floor_of[met_idx[keep]], value, 0.0)
     metric = met_code[met_idx[keep]]
     sample = sample[keep]
@@ -446,6 +567,7 @@ def run_sample_stats(run: dict[str, Any], index: int = 0, *, metric: str | None 
     except _Scattered:
         acc = _RunStats(index, run, top_share, metric)
         _chunk_stats(_concat([p.table for p in pieces()]), acc)
+    acc.refuse_nonfinite()
     return _frame_of(acc), acc.seen_metrics
 
 
