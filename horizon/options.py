@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 from .errors import HorizonError
 
 
 def _integer(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, Integral) and not isinstance(value, bool)  # numpy integers count
 
 
 def check_run_options(*, limit: int | None = None, seed: int = 0, max_new_tokens: int = 16) -> None:
