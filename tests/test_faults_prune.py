@@ -223,6 +223,15 @@ def test_resume_refuses_a_corrupted_whole_line_and_changes_nothing(ckpt, data, t
     refused(capsys, eval_args(ckpt, data, out, "--resume"), tmp_path, f"{preds}:2", *needles)
 
 
+def test_resume_refuses_a_damaged_eval_json_before_the_model_loads(ckpt, data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "eval"
+    assert main(eval_args(ckpt, data, out)) == 0
+    meta = out / "eval.json"
+    meta.write_bytes(meta.read_bytes()[:40])  # cut short
+    monkeypatch.setattr(horizon.models, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    refused(capsys, eval_args(ckpt, data, out, "--resume"), tmp_path, str(meta), "not an evaluation's configuration")
+
+
 def test_resume_still_drops_a_cut_last_line(ckpt, data, tmp_path, capsys):
     """The normal resume after a kill mid-write keeps working next to the new check (a regression guard)."""
     out = tmp_path / "eval"

@@ -362,10 +362,17 @@ class EvalStore:
         """The refusals that need no model, checked before one loads: --out is a file, cannot be written, is a
         folder that is not an evaluation (its files would be overwritten), or a finished one without ``resume``."""
         check_out_folder(self.path)
-        if (self.path / "eval.json").exists():
+        meta = self.path / "eval.json"
+        if meta.exists():
             if not resume:
                 raise HorizonError(f"{self.path} already holds an evaluation; pass --resume to continue it or "
                                    "choose another --out")
+            try:  # the resume compares its configuration: a damaged one is named here, not in a traceback
+                if not isinstance(json.loads(meta.read_bytes()), dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise HorizonError(f"{meta}: not an evaluation's configuration ({exc}); choose another --out "
+                                   "(its predictions.jsonl keeps the answers written so far)") from None
             return
         # a killed atomic write leaves only a temporary file: that folder is still ours to fill
         stray = sorted(p.name for p in self.path.iterdir() if ".tmp-" not in p.name) if self.path.is_dir() else []
