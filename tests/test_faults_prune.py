@@ -232,6 +232,19 @@ def test_resume_refuses_a_damaged_eval_json_before_the_model_loads(ckpt, data, t
     refused(capsys, eval_args(ckpt, data, out, "--resume"), tmp_path, str(meta), "not an evaluation's configuration")
 
 
+def test_prune_grid_refusing_a_damaged_cell_leaves_no_new_cell_behind(ckpt, data, tmp_path, capsys):
+    grid = tmp_path / "grid"
+    assert main(grid_args(ckpt, data, grid)) == 0
+    hybrid = grid / "random@1-2+random@2-1" / "predictions.jsonl"
+    lines = hybrid.read_bytes().splitlines(keepends=True)
+    hybrid.write_bytes(lines[0] + b"{not json\n" + b"".join(lines[2:]))
+    for name in ("eval.json", "predictions.jsonl", "summary.json", "summary.csv"):
+        (grid / "none" / name).unlink()
+    (grid / "none").rmdir()
+    # the rerun opens the cell "none" anew before it reaches the damaged one: that new cell must go again
+    refused(capsys, grid_args(ckpt, data, grid), tmp_path, f"{hybrid}:2", "not valid JSON")
+
+
 def test_resume_still_drops_a_cut_last_line(ckpt, data, tmp_path, capsys):
     """The normal resume after a kill mid-write keeps working next to the new check (a regression guard)."""
     out = tmp_path / "eval"
