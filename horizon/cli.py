@@ -253,9 +253,10 @@ def _load_for_eval(args: argparse.Namespace):
 
 
 def _prune_eval(args: argparse.Namespace) -> int:
-    from .prune.evaluate import prune_eval
+    from .prune.evaluate import EvalStore, prune_eval
 
     cfg = _prune_config(args, args.schedule)
+    EvalStore(Path(args.out)).preflight(args.resume)  # before the weights load: nothing of the user's overwritten
     vlm, evalset = _load_for_eval(args)
     result = prune_eval(vlm, evalset, out=args.out, resume=args.resume, config=cfg, progress=not args.quiet)
     s = result.summary
@@ -304,7 +305,7 @@ def _skipped(predictions, first: int = 3) -> str:
 
 
 def _prune_grid(args: argparse.Namespace) -> int:
-    from .prune.grid import GridConfig, parse_switch_layers, prune_grid
+    from .prune.grid import GridConfig, parse_switch_layers, preflight_grid, prune_grid
 
     grid = GridConfig(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
@@ -312,6 +313,8 @@ def _prune_grid(args: argparse.Namespace) -> int:
         switch_layers=parse_switch_layers(args.switch_layers), deep_keep=args.deep_keep,
         singles=not args.no_singles, hybrids=not args.no_hybrids, eval=_prune_config(args),
     )
+    grid.validate()  # all but the layers' range, which needs the model
+    preflight_grid(Path(args.out), grid)  # before the weights load
     vlm, evalset = _load_for_eval(args)
     frame = prune_grid(vlm, evalset, args.out, grid, progress=not args.quiet)
     cols = ["task", "method", "budget", "switch_layer", "avg_tokens", "accuracy", "accuracy_std"]

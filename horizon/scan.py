@@ -33,6 +33,7 @@ from .errors import HorizonError, SampleError
 from .estimators import ESTIMATORS, KL_TOKENS, estimate_remove, gate_gradients
 from .groups import Group, ImageGrid, tile
 from .models import VisionLM, load, refuse_extra_images
+from .options import check_run_options
 from .scores import DEFAULT_METRICS, RAW_METRICS, check_metrics, keep_scores, remove_scores
 from .io.runs import (GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore, Shard, read_config, read_table,
                       with_image_column)
@@ -74,8 +75,7 @@ class ScanConfig:
             raise HorizonError(f"--group must be a positive window size, got {self.group}")
         if self.batch_size is not None and self.batch_size < 1:
             raise HorizonError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise HorizonError(f"--limit must be positive, got {self.limit}")
+        check_run_options(limit=self.limit, seed=self.seed, max_new_tokens=self.max_new_tokens)
         if isinstance(self.shard, str):
             self.shard = Shard.parse(self.shard)
         if self.estimator not in ESTIMATORS:

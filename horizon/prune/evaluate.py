@@ -38,13 +38,14 @@ from ..data import Sample
 from ..decoding import DECODING_RULES, Decoding
 from ..errors import HorizonError, SampleError
 from ..models import VisionLM, load, refuse_extra_images
+from ..options import check_run_options
 from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
 from ..io.runs import atomic_write_bytes, check_resume, config_hash
 from .generate import Generation, generate, prefill_flops, sample_seed
 from .prefix import (READS_LAYER_BEFORE, BatchRow, SharedPrefix, continue_batch, continue_generation,
                      family_batch_refusal, first_layer, shared_prefix)
-from .schedule import Schedule, parse_schedule
+from .schedule import Schedule, check_schedule_text, parse_schedule
 
 log = logging.getLogger("horizon")
 
@@ -86,8 +87,8 @@ class PruneConfig:
             raise HorizonError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
         if self.batch_size > 1 and not self.share_prefix:
             raise HorizonError("--batch-size above 1 batches continuations of a shared prefix; it needs share_prefix")
-        if self.max_new_tokens < 1:
-            raise HorizonError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        check_run_options(limit=self.limit, seed=self.seed, max_new_tokens=self.max_new_tokens)
+        check_schedule_text(self.schedule)
         if self.on_error not in ("stop", "skip"):
             raise HorizonError(f"--on-error must be stop or skip, got {self.on_error!r}")
         if self.decoding not in DECODING_RULES:
@@ -330,6 +331,26 @@ def summarize(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 # -- the evaluation directory -----------------------------------------------------------
 
+def check_out_folder(path: Path, option: str = "--out") -> None:
+    """``path`` is a folder this process may write in, or one it can create: one line if not, before any work."""
+    if path.exists() and not path.is_dir():
+        raise HorizonError(f"{option} {path} is a file, not a folder; choose a folder for {option}")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HorizonError(f"{option} {path}: {existing} is a file, so no folder can be made under it; "
+                           f"choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HorizonError(f"{option} {path}: cannot write in {existing} (read-only or no permission); "
+                           f"choose another {option}")
+
+
+# a predictions row must carry these to be resumed (done pairs) and summarised (ok rows' costs and score)
+ROW_KEYS = ("sample_id", "task", "seed")
+OK_ROW_KEYS = ("prediction", "score", "n_visual", "avg_visual_tokens", "prefill_flops", "relative_flops", "seconds")
+
+
 class EvalStore:
     """eval.json + append-only predictions.jsonl + summary; resumable."""
 
@@ -337,9 +358,33 @@ class EvalStore:
         self.path = Path(path)
         self.predictions = self.path / "predictions.jsonl"
 
+    def preflight(self, resume: bool) -> None:
+        """The refusals that need no model, checked before one loads: --out is a file, cannot be written, is a
+        folder that is not an evaluation (its files would be overwritten), or a finished one without ``resume``."""
+        check_out_folder(self.path)
+        meta = self.path / "eval.json"
+        if meta.exists():
+            if not resume:
+                raise HorizonError(f"{self.path} already holds an evaluation; pass --resume to continue it or "
+                                   "choose another --out")
+            try:  # the resume compares its configuration: a damaged one is named here, not in a traceback
+                if not isinstance(json.loads(meta.read_bytes()), dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise HorizonError(f"{meta}: not an evaluation's configuration ({exc}); choose another --out "
+                                   "(its predictions.jsonl keeps the answers written so far)") from None
+            return
+        # a killed atomic write leaves only a temporary file: that folder is still ours to fill
+        stray = sorted(p.name for p in self.path.iterdir() if ".tmp-" not in p.name) if self.path.is_dir() else []
+        if stray:
+            more = f" and {len(stray) - 3} more" if len(stray) > 3 else ""
+            raise HorizonError(f"{self.path} exists, is not empty and holds no eval.json, so it is not an evaluation "
+                               f"(it holds {', '.join(stray[:3])}{more}); choose another --out")
+
     def open(self, config: dict[str, Any], resume: bool) -> list[dict[str, Any]]:
         config = {**config, "config_hash": config_hash(config, HASHED)}
         meta = self.path / "eval.json"
+        self.preflight(resume)
         if check_resume(meta, config, HASHED, resume, "an evaluation"):
             return self._read()
         self.path.mkdir(parents=True, exist_ok=True)
@@ -348,22 +393,40 @@ class EvalStore:
         return []
 
     def _read(self) -> list[dict[str, Any]]:
+        """The rows written so far. A last line without its newline was cut by a kill: it is dropped (its sample
+        reruns). A whole line that is not a row is damage nothing can repair: refused, the file left as it is."""
         if not self.predictions.exists():
             return []
         rows, good = [], 0
         data = self.predictions.read_bytes()
-        for line in data.splitlines(keepends=True):
+        for number, line in enumerate(data.splitlines(keepends=True), 1):
             if not line.endswith(b"\n"):
                 break  # a line cut off by a kill: dropped, its sample reruns
-            rows.append(json.loads(line))
+            rows.append(self._row(line, number))
             good += len(line)
         if good != len(data):
             with open(self.predictions, "r+b") as fh:
                 fh.truncate(good)
         return rows
 
+    def _row(self, line: bytes, number: int) -> dict[str, Any]:
+        where = f"{self.predictions}:{number}"
+        fix = "fix or delete that line (its sample reruns), then rerun with --resume"
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HorizonError(f"{where}: not valid JSON ({exc}); {fix}") from None
+        if not isinstance(row, dict):
+            raise HorizonError(f"{where}: expected a prediction row (a JSON object), got {type(row).__name__}; {fix}")
+        need = ROW_KEYS + (OK_ROW_KEYS if row.get("status", "ok") == "ok" else ())
+        missing = [k for k in need if k not in row]
+        if missing:
+            raise HorizonError(f"{where}: prediction row lacks {', '.join(missing)}; {fix}")
+        return row
+
     def discard(self) -> None:
-        for name in ("eval.json", "predictions.jsonl"):
+        # predictions first: a kill in between leaves eval.json alone, still a valid (empty) evaluation
+        for name in ("predictions.jsonl", "eval.json"):
             (self.path / name).unlink(missing_ok=True)
         if self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()
@@ -681,6 +744,8 @@ def prune_eval(
         evalset = read_eval(data, answers=answers, image_folder=image_folder, format=data_format)
     else:
         evalset = EvalSet(list(data), "exact", "samples")
+    if out is not None:
+        EvalStore(out).preflight(resume)  # before the weights load
     if not isinstance(model, VisionLM):
         refuse_extra_images(model, evalset.samples, str(evalset.source))  # before the weights load
     vlm = model if isinstance(model, VisionLM) else load(model)

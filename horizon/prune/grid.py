@@ -36,7 +36,8 @@ import pandas as pd
 from ..benchmarks import EvalSet, read_eval
 from ..errors import HorizonError
 from ..models import VisionLM, load, refuse_extra_images
-from .evaluate import EvalEntry, PruneConfig, horizon_records, model_label, run_entries
+from .evaluate import (EvalEntry, EvalStore, PruneConfig, check_out_folder, horizon_records, model_label,
+                       run_entries)
 from .schedule import format_budget, parse_budget
 from .strategies import METHODS
 
@@ -56,17 +57,27 @@ class GridConfig:
     hybrids: bool = True
     eval: PruneConfig = field(default_factory=PruneConfig)  # positions, seeds, limit, summary, ...
 
-    def validate(self, n_layers: int) -> None:
+    def validate(self, n_layers: int | None = None) -> None:
+        """Check the grid; without ``n_layers`` (before a model loads) everything but the layers' range."""
         unknown = [m for m in self.methods if m not in METHODS or m in ("vtw", "info")]
         if unknown:
             raise HorizonError(f"--methods: {', '.join(unknown)} cannot be a grid method "
                                "(use random, fastv, divprune, dart)")
+        if (self.singles or self.hybrids) and not self.methods:
+            raise HorizonError("--methods is empty: give one or more of random, fastv, divprune, dart")
+        if (self.singles or self.hybrids) and not self.budgets:
+            raise HorizonError("--budgets is empty: give token counts or percentages, e.g. 192,128,64 or 50%,25%")
+        if self.hybrids and not self.switch_layers:
+            raise HorizonError("--switch-layers is empty: give layers or 'horizon' (or --no-hybrids)")
         text = ",".join(map(str, self.budgets))
         budgets = [parse_budget(str(b), f"--budgets {text!r}") for b in self.budgets]
-        if not budgets or any(b <= 0 for b in budgets):
+        if any(b <= 0 for b in budgets):
             raise HorizonError(f"--budgets {text!r}: budgets must be positive token counts or percentages")
         if self.deep_keep is not None:
             parse_budget(str(self.deep_keep), f"--deep-keep {self.deep_keep!r}")
+        self.eval.validate()
+        if n_layers is None:
+            return
         if not 0 <= self.prune_layer < n_layers:
             raise HorizonError(f"--prune-layer {self.prune_layer} out of range (0..{n_layers - 1})")
         early = [m for m in self.methods if m in ("fastv", "dart")]
@@ -79,6 +90,34 @@ class GridConfig:
             if s != "horizon" and not self.prune_layer < int(s) < n_layers:
                 raise HorizonError(f"--switch-layers {s}: must lie after --prune-layer {self.prune_layer} "
                                    f"and inside the model (< {n_layers})")
+
+
+GRID_FILES = re.compile(r"^(grid\.csv|prune_tradeoff_.+\.(png|pdf))$")
+
+
+def preflight_grid(out: str | Path, cfg: GridConfig, resume: bool = True) -> None:
+    """The refusals that need no model, before one loads: ``out`` must be missing, empty or a prune-grid folder
+    (grid.csv, figures, evaluation folders), and each of the grid's cells an evaluation or absent, so no file of
+    the user's is overwritten. The grid resumes its cells by default: then a finished cell is not refused."""
+    out = Path(out)
+    check_out_folder(out)
+    cells = {entry["name"] for entry in grid_entries(cfg)}
+
+    def ours(path: Path) -> bool:
+        if ".tmp-" in path.name:
+            return True  # a killed atomic write
+        if path.is_file():
+            return bool(GRID_FILES.match(path.name))
+        # a cell of this grid, of a grid of other budgets, or one a kill left with only a temporary file
+        return path.name in cells or (path / "eval.json").exists() or all(".tmp-" in p.name for p in path.iterdir())
+
+    foreign = sorted(p.name for p in out.iterdir() if not ours(p)) if out.is_dir() else []
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise HorizonError(f"{out} exists and is not a prune-grid folder (it holds {', '.join(foreign[:3])}{more}); "
+                           "choose another --out")
+    for name in sorted(cells):
+        EvalStore(out / name).preflight(resume)
 
 
 def parse_switch_layers(text: str) -> tuple[str | int, ...]:
@@ -148,6 +187,8 @@ def prune_grid(
     cfg = config or GridConfig()
     evalset = data if isinstance(data, EvalSet) else read_eval(data, answers=answers, image_folder=image_folder,
                                                                format=data_format)
+    cfg.validate()
+    preflight_grid(out, cfg, resume)  # before the weights load
     if not isinstance(model, VisionLM):
         refuse_extra_images(model, evalset.samples, str(evalset.source))  # before the weights load
     vlm = model if isinstance(model, VisionLM) else load(model)
@@ -172,7 +213,17 @@ def prune_grid(
     todo = [(entry, at_horizon if entry["switch"] == "horizon" else evalset) for entry in entries]
     todo = [(entry, data) for entry, data in todo if data.samples]
     info_cache: dict = {}
-    evals = [EvalEntry(vlm, data, entry["config"], out / entry["name"], resume, info_cache) for entry, data in todo]
+    evals: list[EvalEntry] = []
+    existed = out.exists()
+    try:
+        for entry, data in todo:
+            evals.append(EvalEntry(vlm, data, entry["config"], out / entry["name"], resume, info_cache))
+    except BaseException:
+        for made in evals:
+            made.abandon()  # a later cell refused: the cells opened before it leave nothing behind
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     log.info("grid: %d schedules", len(evals))
     results = run_entries(vlm, evals, progress, desc="prune-grid")
     rows = []

@@ -121,6 +121,25 @@ class Schedule:
         return ",".join(f"{s.method}@{s.layer}:{s.keep}" for s in self.stages)
 
 
+def check_schedule_text(text: str) -> None:
+    """Refuse a --schedule that names no stage (``''``, ``','``) or has an empty one, before any model loads.
+
+    An empty text used to run the unpruned model silently; the unpruned model is asked for as ``none``.
+    """
+    if not isinstance(text, str):
+        raise HorizonError(f"--schedule must be text such as divprune@0:50% or none, got {text!r}")
+    if text.strip() == "none":
+        return
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise HorizonError(f"--schedule {text!r} is empty: give stages method@layer:keep (e.g. divprune@0:50%), "
+                           "or none for the unpruned model")
+    empty = [i for i, p in enumerate(parts, 1) if not p]
+    if empty:
+        raise HorizonError(f"--schedule {text!r}: stage {empty[0]} is empty (a stray comma?); separate stages "
+                           "method@layer:keep by single commas")
+
+
 def parse_schedule(text: str, n_layers: int, n_visual: int, *, cap: bool = False) -> Schedule:
     """Parse and validate a schedule for a model of ``n_layers`` with ``n_visual`` visual tokens.
 

@@ -1,0 +1,26 @@
+"""Checks of the options several verbs share (scan, prune-eval, prune-grid), so each is refused alike."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+from .errors import HorizonError
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)  # numpy integers count
+
+
+def check_run_options(*, limit: int | None = None, seed: int = 0, max_new_tokens: int = 16) -> None:
+    """Refuse a --limit, --seed or --max-new-tokens no run can mean, in one line, before any work.
+
+    ``limit`` None means every sample; 0 would silently mean every sample too and
+    a negative number would drop samples from the end (Python slicing), so both
+    are refused rather than guessed at.
+    """
+    if limit is not None and (not _integer(limit) or limit < 1):
+        raise HorizonError(f"--limit must be a positive number of samples (leave it out for all), got {limit!r}")
+    if not _integer(seed) or seed < 0:
+        raise HorizonError(f"--seed must be a non-negative integer, got {seed!r}")
+    if not _integer(max_new_tokens) or max_new_tokens < 1:
+        raise HorizonError(f"--max-new-tokens must be a positive number of tokens, got {max_new_tokens!r}")
