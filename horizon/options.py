@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from numbers import Integral
+from pathlib import Path
 
 from .errors import HorizonError
 
@@ -24,3 +26,18 @@ def check_run_options(*, limit: int | None = None, seed: int = 0, max_new_tokens
         raise HorizonError(f"--seed must be a non-negative integer, got {seed!r}")
     if not _integer(max_new_tokens) or max_new_tokens < 1:
         raise HorizonError(f"--max-new-tokens must be a positive number of tokens, got {max_new_tokens!r}")
+
+
+def check_out_folder(path: Path, option: str = "--out") -> None:
+    """``path`` is a folder this process may write in, or one it can create: one line if not, before any work."""
+    if path.exists() and not path.is_dir():
+        raise HorizonError(f"{option} {path} is a file, not a folder; choose a folder for {option}")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HorizonError(f"{option} {path}: {existing} is a file, so no folder can be made under it; "
+                           f"choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HorizonError(f"{option} {path}: cannot write in {existing} (read-only or no permission); "
+                           f"choose another {option}")

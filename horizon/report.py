@@ -67,8 +67,10 @@ def analyze(runs: Sequence[str | Path], out: str | Path, *, metric: str | None =
     """Analyse run directories; write summary/curves/comparisons (``tables``) to ``out`` and
     figures to ``figures_dir`` (default ``out/figures``)."""
     from .plots import make_figures
+    from .options import check_out_folder
 
     out = Path(out)
+    check_out_folder(out)  # a file or an unwritable place is named before the runs are read
     loaded = load_runs(runs)
     result = analyze_frames(loaded, metric=metric, params=params)
     out.mkdir(parents=True, exist_ok=True)  # only now: a run or option refused leaves no --out behind

@@ -38,7 +38,7 @@ from ..data import Sample
 from ..decoding import DECODING_RULES, Decoding
 from ..errors import HorizonError, SampleError
 from ..models import VisionLM, load, refuse_extra_images
-from ..options import check_run_options
+from ..options import check_out_folder, check_run_options
 from ..records import NO_INFORMATION, Horizon
 from ..scan import encode_sample
 from ..io.runs import atomic_write_bytes, check_resume, config_hash
@@ -330,21 +330,6 @@ def summarize(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 # -- the evaluation directory -----------------------------------------------------------
-
-def check_out_folder(path: Path, option: str = "--out") -> None:
-    """``path`` is a folder this process may write in, or one it can create: one line if not, before any work."""
-    if path.exists() and not path.is_dir():
-        raise HorizonError(f"{option} {path} is a file, not a folder; choose a folder for {option}")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise HorizonError(f"{option} {path}: {existing} is a file, so no folder can be made under it; "
-                           f"choose another {option}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise HorizonError(f"{option} {path}: cannot write in {existing} (read-only or no permission); "
-                           f"choose another {option}")
-
 
 # a predictions row must carry these to be resumed (done pairs) and summarised (ok rows' costs and score)
 ROW_KEYS = ("sample_id", "task", "seed")

@@ -36,7 +36,8 @@ import pandas as pd
 from ..benchmarks import EvalSet, read_eval
 from ..errors import HorizonError
 from ..models import VisionLM, load, refuse_extra_images
-from .evaluate import (EvalEntry, EvalStore, PruneConfig, check_out_folder, horizon_records, model_label,
+from ..options import check_out_folder
+from .evaluate import (EvalEntry, EvalStore, PruneConfig, horizon_records, model_label,
                        run_entries)
 from .schedule import format_budget, parse_budget
 from .strategies import METHODS
