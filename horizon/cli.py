@@ -22,8 +22,9 @@ log = logging.getLogger("horizon")
 
 def _scan(args: argparse.Namespace) -> int:
     from .data import as_samples
-    from .io.runs import RunStore, Shard, count_rows, read_table
+    from .io.runs import RunStore, Shard, check_out_dir, count_rows, read_table
     from .models import load, refuse_extra_images
+    from .models.identity import model_keys
     from .scan import ScanConfig, combined_shard, distributed_shard, scan
 
     ranks = distributed_shard()  # under torchrun: this rank's share
@@ -40,6 +41,7 @@ def _scan(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise HorizonError(f"dataset file not found: {args.data}")
     out = Path(args.out)
+    check_out_dir(out)  # a file, a read-only or foreign folder: refused before anything is written there
     _log_to(out if (out / "run.json").exists() or not out.exists() or not any(out.iterdir()) else None)
     # a model family that cannot take the data's image count says so before its weights load
     refuse_extra_images(args.model, as_samples(args.data, strict=cfg.on_error == "stop"), args.data,
@@ -52,7 +54,7 @@ def _scan(args: argparse.Namespace) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', ranks.index)) % torch.cuda.device_count()}"
     # a rank torchrun restarted after a failure continues its shard
     resume = args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
-    RunStore(out, shard).preflight(resume)  # before the weights load
+    RunStore(out, shard).preflight(resume, model_keys(args.model))  # before the weights load
     vlm = load(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
                device_map=_device_map(args.device_map), offload_folder=args.offload_folder,
                allow_unsafe_weights=args.allow_unsafe_weights)
@@ -329,11 +331,19 @@ def _budgets(text: str) -> tuple[int | str, ...]:
     return budgets
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file. A line it cannot write (a full disk) is dropped: stderr has it, and the one-line
+    error that follows must not drown in logging's tracebacks."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def _log_to(run_dir: Path | None) -> None:
     if run_dir is None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / LOG_NAME)
+    handler = _LogFile(run_dir / LOG_NAME, delay=True)  # opened at the first line: a refusal leaves no empty log
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
 
