@@ -23,6 +23,7 @@ import horizon.models
 from conftest import write_dataset
 from horizon.cli import main
 from horizon.io.runs import HASHED_KEYS, OPTIONAL_HASHED, read_run
+from horizon.models.identity import ModelIdentity, fingerprint, model_identity
 from horizon.testing import build_tiny, image_size_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # scores compared bit for bit within one process
@@ -145,6 +146,37 @@ def test_runs_made_before_the_fingerprint_still_resume(tiny, tmp_path, capsys, m
     shutil.copytree(tiny["b"], other)
     refused(capsys, scan_args(other, jsonl, tmp_path / "same", "--resume"), tmp_path / "same", "cannot resume",
             f"model: '{model}' -> '{other}'")
+
+
+def test_fingerprint_sees_weights_not_documentation(tmp_path):
+    """Large weight files are sampled, not read whole: a changed sample changes the fingerprint; a README or a
+    picture added next to the checkpoint does not; a cached hub snapshot is identified by its commit."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    header = json.dumps({"w": {"dtype": "F32", "shape": [5 << 20], "data_offsets": [0, 20 << 20]}}).encode()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + bytes(20 << 20))
+    (folder / "config.json").write_text('{"model_type": "llava"}')
+    before = fingerprint(folder)
+    (folder / "README.md").write_text("# my model")
+    (folder / "diagram.png").write_bytes(b"\x89PNG")
+    assert fingerprint(folder) == before
+    with open(weights, "r+b") as fh:  # the last sample covers the file's last bytes
+        fh.seek(-1, os.SEEK_END)
+        fh.write(b"\x01")
+    assert fingerprint(folder) != before
+    (folder / "config.json").write_text('{"model_type": "llava", "vocab_size": 7}')
+    after = fingerprint(folder)
+    assert after != before and model_identity(folder) == ModelIdentity(str(folder.resolve()), after)
+    snapshot = tmp_path / "hub" / "models--org--name" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    first = fingerprint(snapshot)
+    (snapshot / "processor_config.json").write_text("{}")  # a later load downloads another file of the commit
+    assert fingerprint(snapshot) == first
+    other = snapshot.with_name("def456")  # another commit of the repository, the same files
+    shutil.copytree(snapshot, other)
+    assert fingerprint(other) != first
 
 
 # ------------------------------------------------------------------------------------------ damaged runs

@@ -430,8 +430,8 @@ class RunStore:
             self.refuse_rerun(resume)
             old = read_run_json(self.path / "run.json")
             if model is not None:
-                if old.get("model_fingerprint"):
-                    difference = model_difference(old, model)
+                if old.get("model_fingerprint"):  # (a hub model not in the cache yet is checked once loaded)
+                    difference = model_difference(old, model) if model.get("model_fingerprint") else None
                 else:  # a run made before the fingerprint: its model path
                     difference = None if _same_folder(old.get("model"), model["model"]) else \
                         _differences(old, model, ["model"])

@@ -21,6 +21,9 @@ WHOLE_BYTES = 16 << 20  # files up to this size are hashed whole
 SAMPLES = 64  # evenly spaced samples of a larger file ...
 SAMPLE_BYTES = 4096  # ... of this many bytes each
 HEADER_LIMIT = 100 << 20  # safetensors' own bound on a header
+# documentation and pictures next to a checkpoint do not change the model: adding a README keeps it resumable
+IGNORED_SUFFIXES = {".md", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+IGNORED_NAMES = {"LICENSE", "NOTICE", "README", "USE_POLICY"}
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,22 @@ def model_folder(source: str | Path) -> Path | None:
     return Path(found).parent if found else None
 
 
+def _model_file(path: Path) -> bool:
+    return (path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in IGNORED_SUFFIXES
+            and path.name.split(".")[0].upper() not in IGNORED_NAMES)
+
+
 def fingerprint(folder: Path) -> str:
-    """A hash of the checkpoint files in ``folder`` (hidden files and subfolders aside)."""
+    """A hash of the checkpoint files in ``folder`` (hidden files, subfolders, documentation and pictures aside).
+
+    A hub snapshot in the cache is named by its commit, which fixes its files:
+    the commit is hashed, not the files, since later loads may download more of
+    the snapshot's files (an optional processor config) into the folder.
+    """
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return hashlib.sha256(f"{folder.parent.parent.name}@{folder.name}".encode()).hexdigest()[:16]
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for path in sorted(p for p in folder.iterdir() if _model_file(p)):
         size = path.stat().st_size
         digest.update(f"{path.name}\0{size}\0".encode())
         with open(path, "rb") as fh:
