@@ -201,6 +201,22 @@ def test_missing_or_unreadable_parts_are_redone_on_resume(tiny, tmp_path, capsys
     assert {p.name for p in (out / "scores").iterdir()} <= {p.name for p in (out / "samples").iterdir()}
 
 
+def test_unreadable_part_of_another_shard_is_refused(tiny, tmp_path, capsys):
+    """Another shard's samples part is that shard's to redo: the resume names it and how."""
+    jsonl, out = data(tmp_path, 4), tmp_path / "run"
+    assert main(scan_args(tiny["a"], jsonl, out, "--shard", "0/2")) == 0
+    assert main(scan_args(tiny["a"], jsonl, out, "--shard", "1/2")) == 0
+    theirs = out / "samples" / "0001-of-0002-0000000.parquet"
+    theirs.write_bytes(b"garbage")
+    code, err, stderr = run_cli(capsys, scan_args(tiny["a"], jsonl, out, "--shard", "0/2", "--resume"))
+    assert code == 2 and len(err) == 1, stderr
+    assert f"{theirs}: not a readable parquet file" in err[0] and "--shard 1/2 --resume" in err[0]
+    assert theirs.read_bytes() == b"garbage" and len(list((out / "samples").glob("0000-*.parquet"))) == 2
+    code, err, stderr = run_cli(capsys, scan_args(tiny["a"], jsonl, out, "--shard", "1/2", "--resume"))
+    assert code == 0 and "redoing 1 sample(s)" in stderr, stderr
+    assert sorted(read_run(out)["samples"].sample_id) == ["q0", "q1", "q2", "q3"]
+
+
 def test_cut_off_run_json_is_refused(tiny, tmp_path, capsys):
     jsonl, out = data(tmp_path, 2), tmp_path / "run"
     assert main(scan_args(tiny["a"], jsonl, out, "--limit", "1")) == 0
