@@ -487,7 +487,7 @@ class RunStore:
         self._errors = int((mine.status.fillna("ok") != "ok").sum())
 
     def _uncommit_unfinished(self) -> None:
-        """Remove the samples part (the commit) of this shard's samples a resume must redo, with a log line each:
+        """Remove the samples part (the commit) of this shard's samples a resume must redo (a log line names them):
 
         - an ok sample whose groups or scores part is missing or unreadable (its
           scores would be silently gone from the run);
@@ -503,13 +503,14 @@ class RunStore:
         redo, failed = [], []
         for part in self._own_parts("samples"):
             try:
-                rows = pq.read_table(part, columns=["sample_id", "status"]).to_pylist()
+                names = pq.read_schema(part).names  # (status is in every part horizon wrote; kept optional anyway)
+                rows = pq.read_table(part, columns=[c for c in ("sample_id", "status") if c in names]).to_pylist()
             except (OSError, ValueError, pa.ArrowException) as exc:
                 redo.append(f"{part.relative_to(self.path)} (unreadable: {_unreadable(exc)})")
                 part.unlink()
                 continue
             ids = ", ".join(str(r["sample_id"]) for r in rows)
-            if any((r["status"] or "ok") != "ok" for r in rows):
+            if any((r.get("status") or "ok") != "ok" for r in rows):
                 failed.append(ids)
                 part.unlink()
                 continue
