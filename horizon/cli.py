@@ -24,6 +24,8 @@ def _scan(args: argparse.Namespace) -> int:
     from .data import as_samples, missing_message
     from .io.runs import RunStore, Shard, count_rows, read_table
     from .models import load, refuse_extra_images
+    from .models.identity import model_keys
+    from .options import check_out_folder
     from .scan import ScanConfig, combined_shard, distributed_shard, scan
 
     ranks = distributed_shard()  # under torchrun: this rank's share
@@ -40,6 +42,7 @@ def _scan(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise HorizonError(missing_message(args.data, "dataset file"))
     out = Path(args.out)
+    check_out_folder(out)  # a file, a read-only or foreign folder: refused before anything is written there
     _log_to(out if (out / "run.json").exists() or not out.exists() or not any(out.iterdir()) else None)
     # a model family that cannot take the data's image count says so before its weights load
     refuse_extra_images(args.model, as_samples(args.data, strict=cfg.on_error == "stop"), args.data,
@@ -52,7 +55,7 @@ def _scan(args: argparse.Namespace) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', ranks.index)) % torch.cuda.device_count()}"
     # a rank torchrun restarted after a failure continues its shard
     resume = args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
-    RunStore(out, shard).preflight(resume)  # before the weights load
+    RunStore(out, shard).preflight(resume, model_keys(args.model))  # before the weights load
     vlm = load(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
                device_map=_device_map(args.device_map), offload_folder=args.offload_folder,
                allow_unsafe_weights=args.allow_unsafe_weights)
@@ -333,11 +336,45 @@ def _budgets(text: str) -> tuple[int | str, ...]:
     return budgets
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file, ``scan.log`` next to ``run.json``.
+
+    Lines are held in memory until the run exists (its run.json is written), so a command refused after the
+    model loaded (a layer out of range, a changed configuration) leaves no folder and no log behind. A line it
+    cannot write (a full disk) is dropped: stderr has it, and the one-line error that follows must not drown in
+    logging's tracebacks.
+    """
+
+    def __init__(self, run_dir: Path):
+        super().__init__(run_dir / LOG_NAME, delay=True)
+        self.run_dir, self.held = run_dir, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None and not (self.run_dir / "run.json").exists():
+            self.held.append(record)
+            return
+        held, self.held = self.held, []
+        for earlier in held:
+            super().emit(earlier)
+        super().emit(record)
+
+    def close(self) -> None:
+        """Write what is held once the run exists (a command that ends right after writing run.json); a
+        refused command drops it."""
+        if self.held and (self.run_dir / "run.json").exists():
+            held, self.held = self.held, []
+            for record in held:
+                super().emit(record)
+        super().close()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def _log_to(run_dir: Path | None) -> None:
     if run_dir is None:
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / LOG_NAME)
+    handler = _LogFile(run_dir)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
 
@@ -557,10 +594,18 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except HorizonError as exc:
         print(f"horizon: error: {exc}", file=sys.stderr)
+        for h in log.handlers:  # a run this command wrote to says in its log why it stopped (a refusal writes none)
+            if isinstance(h, _LogFile) and h.stream is not None:
+                h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (exc,), None))
         return 2
     except KeyboardInterrupt:
         print("horizon: interrupted; completed samples are on disk, rerun with --resume", file=sys.stderr)
         return 130
+    finally:
+        for h in log.handlers:
+            if isinstance(h, _LogFile):
+                h.close()
+        log.handlers[:] = [handler]
 
 
 if __name__ == "__main__":

@@ -29,7 +29,11 @@ def check_run_options(*, limit: int | None = None, seed: int = 0, max_new_tokens
 
 
 def check_out_folder(path: Path, option: str = "--out") -> None:
-    """``path`` is a folder this process may write in, or one it can create: one line if not, before any work."""
+    """Refuse, before any work, an ``option`` folder that is a file or that this process cannot write in
+    (read-only file system, no permission, a file in the way). Writability is found by creating and removing a
+    probe file in the folder, or in its nearest existing parent when it does not exist yet -- not by trusting
+    mode bits -- and nothing is left behind: a refusal after this check still finds the disk as it was."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise HorizonError(f"{option} {path} is a file, not a folder; choose a folder for {option}")
     existing = path
@@ -38,6 +42,10 @@ def check_out_folder(path: Path, option: str = "--out") -> None:
     if not existing.is_dir():
         raise HorizonError(f"{option} {path}: {existing} is a file, so no folder can be made under it; "
                            f"choose another {option}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise HorizonError(f"{option} {path}: cannot write in {existing} (read-only or no permission); "
-                           f"choose another {option}")
+    probe = existing / f".write-probe.tmp-{os.getpid()}"  # named as a temporary file: a resume removes one a kill left
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        os.unlink(probe)
+    except OSError as exc:
+        raise HorizonError(f"{option} {path}: cannot write there ({exc.strerror or exc}); choose a folder you can "
+                           "write in") from None

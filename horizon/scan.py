@@ -33,10 +33,11 @@ from .errors import HorizonError, SampleError
 from .estimators import ESTIMATORS, KL_TOKENS, estimate_remove, gate_gradients
 from .groups import Group, ImageGrid, tile
 from .models import VisionLM, load, refuse_extra_images
-from .options import check_run_options
+from .options import check_out_folder, check_run_options
+from .models.identity import model_keys
 from .scores import DEFAULT_METRICS, RAW_METRICS, check_metrics, keep_scores, remove_scores
-from .io.runs import (GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore, Shard, read_config, read_table,
-                      with_image_column)
+from .io.runs import (GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore, Shard, read_config,
+                      read_table, with_image_column)
 
 log = logging.getLogger("horizon")
 
@@ -522,7 +523,7 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
 
     return {
         "horizon_version": __version__,
-        "model": vlm.source,
+        **model_keys(vlm.source),  # a resume must use the same checkpoint files, however the path is typed
         "adapter": vlm.adapter.name,
         "architecture": type(vlm.hf).__name__,
         "n_layers": vlm.n_layers,
@@ -620,6 +621,8 @@ def scan(
     if cfg.limit:
         records = records[: cfg.limit]
     where = str(samples) if data_name else "samples"
+    if out is not None:
+        check_out_folder(Path(out))  # a file or an unwritable folder, before the weights load
     if not isinstance(model, VisionLM):
         refuse_extra_images(model, records, where)  # before the weights load
     vlm = model if isinstance(model, VisionLM) else load(model)

@@ -85,6 +85,30 @@ def test_runs_that_name_one_model_but_differ_in_depth_are_refused(tmp_path, caps
     assert code == 2 and len(err) == 1 and not (tmp_path / "out").exists()
 
 
+def test_the_folder_scan_resolved_names_the_model_and_its_fingerprint_tells_replaced_files(tmp_path, capsys):
+    def with_model(run: Path, **keys) -> Path:
+        config = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**config, **keys}))
+        return run
+
+    # typed "ckpt" in two folders (relative to two cwds): the resolved folders scan recorded tell them apart
+    a = with_model(write_run(tmp_path / "a", [scores("ocr", 6, 8, seed=1)], "ckpt", 8),
+                   model_path=str(tmp_path / "exp1" / "ckpt"), model_fingerprint="f1")
+    b = with_model(write_run(tmp_path / "b", [scores("ocr", 3, 8, seed=2)], "ckpt", 8),
+                   model_path=str(tmp_path / "exp2" / "ckpt"), model_fingerprint="f2")
+    summary = analyze_frames(load_runs([a, b]), params=FAST)["summary"]
+    assert sorted(summary.model) == ["exp1/ckpt", "exp2/ckpt"]
+    assert dict(zip(summary.model, summary.horizon)) == {"exp1/ckpt": 6, "exp2/ckpt": 3}
+    # one folder whose files were replaced between two scans: two models under one name, refused
+    c = with_model(write_run(tmp_path / "c", [scores("vqa", 4, 8, seed=3)], "ckpt", 8),
+                   model_path=str(tmp_path / "exp1" / "ckpt"), model_fingerprint="f3")
+    error_of(lambda: load_runs([a, c]), str(a), str(c), "model_fingerprint (f1 vs f3)")
+    # the same files again (a second task): one model, pooled under one name
+    d = with_model(write_run(tmp_path / "d", [scores("vqa", 4, 8, seed=3)], "./ckpt", 8),
+                   model_path=str(tmp_path / "exp1" / "ckpt"), model_fingerprint="f1")
+    assert set(analyze_frames(load_runs([a, d]), params=FAST)["summary"].model) == {"ckpt"}
+
+
 # ---------------------------------------------------------------- non-finite scores
 
 
@@ -112,14 +136,14 @@ def test_a_scores_part_that_is_not_parquet(tmp_path, capsys):
     run = write_run(tmp_path / "run", [scores()], "org/m", 8, parts=True)
     part = sorted((run / "scores").glob("*.parquet"))[2]
     part.write_bytes(b"PAR1 this is not a parquet file")
-    refused(capsys, run, tmp_path / "out", (str(part), "cannot read it as a parquet table"))
+    refused(capsys, run, tmp_path / "out", (str(part), "not a readable parquet file"))
 
 
 def test_a_samples_table_that_is_cut_short(tmp_path, capsys):
     run = write_run(tmp_path / "run", [scores()], "org/m", 8)
     data = (run / "samples.parquet").read_bytes()
     (run / "samples.parquet").write_bytes(data[: len(data) // 2])
-    refused(capsys, run, tmp_path / "out", (str(run / "samples.parquet"), "cannot read it as a parquet table"))
+    refused(capsys, run, tmp_path / "out", (str(run / "samples.parquet"), "not a readable parquet file"))
 
 
 @pytest.mark.parametrize("column, values, needle", [

@@ -15,6 +15,7 @@ model loads" is checked, not assumed; every file under the test's folder is comp
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import os
 import signal
@@ -114,8 +115,14 @@ def test_prune_eval_refuses_an_out_it_would_overwrite_before_the_model_loads(ckp
     # a read-only folder: simulated, as root may write anywhere and a chmod would not stop it
     locked = tmp_path / "locked"
     locked.mkdir()
-    real = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked else real(path, mode))
+    real = os.open
+
+    def deny(path, flags, *args, **kwargs):  # creating a file in `locked` fails, as on a read-only file system
+        if flags & os.O_CREAT and Path(os.path.abspath(path)).parent == locked:
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
     refused(capsys, eval_args(ckpt, data, locked / "eval"), tmp_path, str(locked), "cannot write")
     refused(capsys, eval_args(ckpt, data, locked), tmp_path, str(locked), "cannot write")
 

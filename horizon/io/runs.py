@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -44,6 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import HorizonError
+
+log = logging.getLogger("horizon")
 
 LOG_NAME = "scan.log"  # the only file besides the schema's that a run may hold
 TABLES = ("samples", "groups", "scores")
@@ -92,6 +95,10 @@ def config_hash(config: dict[str, Any], keys: Sequence[str] = HASHED_KEYS) -> st
     payload = {k: config.get(k) for k in keys}
     if keys is HASHED_KEYS:
         payload.update({k: config[k] for k, default in OPTIONAL_HASHED.items() if config.get(k, default) != default})
+        if config.get("model_fingerprint"):
+            # the model is what its files hold, not how its path was typed; runs made before the fingerprint
+            # have none and keep hashing the path as typed
+            payload["model"] = {"fingerprint": config["model_fingerprint"]}
     payload = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -120,20 +127,88 @@ def check_resume(meta: Path, config: dict[str, Any], keys: Sequence[str], resume
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no half file behind
+        raise
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame | pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if isinstance(frame, pa.Table):
-        pq.write_table(frame, tmp)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        if isinstance(frame, pa.Table):
+            pq.write_table(frame, tmp)
+        else:
+            frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _unreadable(exc: BaseException) -> str:
+    text = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """A run's run.json for writing to the run: one line naming it when it is cut off or not JSON."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HorizonError(f"{path}: cannot read the run's configuration ({_unreadable(exc)}); restore the file "
+                           "(the run cannot be resumed without it) or choose another --out") from None
+    if not isinstance(data, dict):
+        raise HorizonError(f"{path}: not a run configuration (a JSON object); restore the file or choose another --out")
+    return data
+
+
+def _same_folder(a: Any, b: Any) -> bool:
+    return a == b or (a is not None and b is not None and Path(str(a)).is_dir()
+                      and Path(str(a)).resolve() == Path(str(b)).resolve())
+
+
+def same_config(old: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether ``config`` (with its ``config_hash``) may continue the run whose run.json is ``old``.
+
+    A run made before the model fingerprint existed compares the model path:
+    as typed, or the same folder however it is typed now.
+    """
+    if old.get("config_hash") == config["config_hash"]:
+        return True
+    if old.get("model_fingerprint"):
+        return False
+    legacy = {k: v for k, v in config.items() if k != "model_fingerprint"}
+    if _same_folder(old.get("model"), config.get("model")):
+        legacy["model"] = old.get("model")
+    return config_hash(legacy) == old.get("config_hash")
+
+
+def model_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """How the model of ``new`` differs from the run's (both fingerprinted), or None when it does not."""
+    before, after = old.get("model_fingerprint"), new.get("model_fingerprint")
+    if not before or before == after:
+        return None
+    if not after:
+        return (f"model: {old.get('model_path') or old.get('model')} (fingerprint {before}) -> {new.get('model')} "
+                "(no checkpoint folder to fingerprint)")
+    return (f"model: {old.get('model_path') or old.get('model')} (fingerprint {before}) -> "
+            f"{new.get('model_path') or new.get('model')} (fingerprint {after}): the checkpoint's files differ")
+
+
+def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between a run's configuration and a resume's, for the refusal's one line."""
+    keys = [*HASHED_KEYS, *OPTIONAL_HASHED]
+    model = model_difference(old, new)
+    if old.get("model_fingerprint"):
+        keys.remove("model")  # the fingerprint says whether the model differs, not the path as typed
+    rest = _differences(old, new, keys)
+    return "; ".join(x for x in (model, rest) if x)
 
 
 def _json_bytes(data: dict[str, Any]) -> bytes:
@@ -276,10 +351,11 @@ class RunStore:
         config = {**config, "config_hash": config_hash(config)}
         run_json = self.path / "run.json"
         if run_json.exists():
-            old = json.loads(run_json.read_text())
-            if old.get("config_hash") != config["config_hash"]:
+            old = read_run_json(run_json)
+            if not same_config(old, config):
                 raise HorizonError(f"cannot resume {self.path}: configuration differs "
-                                   f"({_differences(old, config, (*HASHED_KEYS, *OPTIONAL_HASHED))})")
+                                   f"({resume_differences(old, config)})")
+            self._check_files()
             self._acquire()
             try:
                 self.refuse_rerun(resume)
@@ -294,22 +370,60 @@ class RunStore:
                      if p.name not in ours and ".tmp-" not in p.name]
             if stray:
                 raise HorizonError(f"{self.path} exists, is not empty and holds no run.json; choose another --out")
-            self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(run_json, _json_bytes(config))  # run.json first: a joining shard checks it
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(run_json, _json_bytes(config))  # run.json first: a joining shard checks it
+            except OSError as exc:
+                raise self._write_error(run_json, exc) from None
             self._acquire()
             self.config = config
-        for table in TABLES:
-            (self.path / table).mkdir(exist_ok=True)
-        self._recover()
+        try:
+            for table in TABLES:
+                (self.path / table).mkdir(exist_ok=True)
+            self._recover()
+        except BaseException:
+            self._lock.release()
+            raise
 
-    def preflight(self, resume: bool) -> None:
-        """The refusals :meth:`open` would give that need no configuration, checked before a model loads:
-        a shard another process writes, a rerun without ``resume``."""
+    def _write_error(self, path: Path, exc: OSError) -> HorizonError:
+        """A failed write (full disk, file system gone read-only) as one line; what is committed stays."""
+        kept = len(self._own_parts("samples"))
+        whose = f" of shard {self.shard}" if self.shard.count > 1 else ""
+        return HorizonError(f"{path}: cannot write ({_unreadable(exc)}); the {kept} committed sample(s){whose} "
+                            "are kept: free some space (or fix the folder) and rerun with --resume")
+
+    def _check_files(self) -> None:
+        """Refuse a run whose single-file tables (older layouts, holding many samples) cannot be read: one line
+        naming the file, nothing changed. (A part holds one sample: an unreadable one is redone instead.)"""
+        for table in TABLES:
+            path = self.path / f"{table}.parquet"
+            if path.exists():
+                try:
+                    pq.read_metadata(path)
+                except (OSError, ValueError, pa.ArrowException) as exc:
+                    raise HorizonError(f"{path}: not a readable parquet file ({_unreadable(exc)}); restore it "
+                                       "(it holds many samples) or choose another --out") from None
+
+    def preflight(self, resume: bool, model: dict[str, Any] | None = None) -> None:
+        """The refusals :meth:`open` would give that need no loaded model, checked before one loads: a shard
+        another process writes, a rerun without ``resume``, an unreadable run.json or single-file table, and
+        given ``model`` (the configuration's model keys, :func:`horizon.models.identity.model_keys`) another
+        model."""
         lock = self._lock.path
         if lock.exists() and lock_held(lock):
             raise _busy(self.path, self.shard, lock)
         if (self.path / "run.json").exists():
             self.refuse_rerun(resume)
+            old = read_run_json(self.path / "run.json")
+            if model is not None:
+                if old.get("model_fingerprint"):  # (a hub model not in the cache yet is checked once loaded)
+                    difference = model_difference(old, model) if model.get("model_fingerprint") else None
+                else:  # a run made before the fingerprint: its model path
+                    difference = None if _same_folder(old.get("model"), model["model"]) else \
+                        _differences(old, model, ["model"])
+                if difference:
+                    raise HorizonError(f"cannot resume {self.path}: configuration differs ({difference})")
+            self._check_files()
 
     def refuse_rerun(self, resume: bool) -> None:
         if not resume and (self.shard.count == 1 or self._own_parts("samples")):
@@ -339,6 +453,7 @@ class RunStore:
         for folder in folders + ([self.path] if self.shard.count == 1 else []):
             for tmp in folder.glob(f".{mine}.tmp-*"):
                 tmp.unlink(missing_ok=True)
+        self._uncommit_unfinished()
         committed = {p.name for p in self._own_parts("samples")}
         for table in ("groups", "scores"):
             for part in self._own_parts(table):
@@ -357,9 +472,63 @@ class RunStore:
         self._floor = run_floor(mine)
         self._errors = int((mine.status.fillna("ok") != "ok").sum())
 
+    def _uncommit_unfinished(self) -> None:
+        """Remove the samples part (the commit) of this shard's samples a resume must redo (a log line names them):
+
+        - an ok sample whose groups or scores part is missing or unreadable (its
+          scores would be silently gone from the run);
+        - a samples part that cannot be read (cut off, overwritten): the sample's
+          id is in it, so it cannot count as done; its parts go with it;
+        - a sample that failed (status ``error: ...``, under ``--on-error skip``):
+          an error is not a result, and a resume after the input is fixed
+          retries it.
+
+        Parts hold one sample each, so nothing else is lost. Checking a part
+        reads its footer only.
+        """
+        redo, failed = [], []
+        for part in self._own_parts("samples"):
+            try:
+                names = pq.read_schema(part).names  # (status is in every part horizon wrote; kept optional anyway)
+                rows = pq.read_table(part, columns=[c for c in ("sample_id", "status") if c in names]).to_pylist()
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                redo.append(f"{part.relative_to(self.path)} (unreadable: {_unreadable(exc)})")
+                part.unlink()
+                continue
+            ids = ", ".join(str(r["sample_id"]) for r in rows)
+            if any((r.get("status") or "ok") != "ok" for r in rows):
+                failed.append(ids)
+                part.unlink()
+                continue
+            for table in ("groups", "scores"):
+                other = self.path / table / part.name
+                try:
+                    pq.read_metadata(other)
+                except FileNotFoundError:
+                    redo.append(f"{ids} ({table}/{part.name} missing)")
+                except (OSError, ValueError, pa.ArrowException) as exc:
+                    redo.append(f"{ids} ({table}/{part.name} unreadable: {_unreadable(exc)})")
+                else:
+                    continue
+                part.unlink()
+                break
+        if redo:
+            log.warning("resume: redoing %d sample(s) whose files are missing or unreadable: %s", len(redo),
+                        "; ".join(redo))
+        if failed:
+            log.info("resume: retrying %d sample(s) that failed before: %s", len(failed), ", ".join(failed))
+
     def completed(self) -> set[str]:
-        """Ids of every committed sample of the run (all shards), ok or failed."""
-        return set(read_table(self.path, "samples", columns=["sample_id"]).sample_id.astype(str))
+        """Ids of every committed sample of the run (all shards), ok or failed (this shard's failed samples
+        were uncommitted by the resume, to be retried)."""
+        done: set[str] = set()
+        for path in table_files(self.path, "samples"):
+            try:
+                ids = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                raise unreadable_parquet(path, exc) from None
+            done.update(map(str, ids))
+        return done
 
     def begin(self, total: int, done: int) -> None:
         """Record this shard's size (``total`` samples, ``done`` of them already committed) in its manifest."""
@@ -370,17 +539,25 @@ class RunStore:
             "started": _now(), "updated": _now(), "host": socket.gethostname(), "pid": os.getpid(),
             "floor": self._floor, "complete": done >= total,
         }
-        atomic_write_bytes(self.manifest_path, _json_bytes(self._manifest))
+        try:
+            atomic_write_bytes(self.manifest_path, _json_bytes(self._manifest))
+        except OSError as exc:
+            raise self._write_error(self.manifest_path, exc) from None
 
     def add(self, sample_row: dict[str, Any], groups: pd.DataFrame, scores: pd.DataFrame) -> None:
         """Commit one sample: scores part, groups part, then its samples part (the commit)."""
         name = f"{self.shard.name}-{self._seq:07d}.parquet"
-        if len(scores):
-            atomic_write_parquet(self.scores_dir / name, _table(scores, "scores"))
-        if len(groups):
-            atomic_write_parquet(self.path / "groups" / name, _table(groups, "groups"))
         row = pd.DataFrame([{k: sample_row.get(k) for k in SAMPLE_COLUMNS}])
-        atomic_write_parquet(self.path / "samples" / name, _table(row, "samples"))
+        writes = ([(self.scores_dir / name, _table(scores, "scores"))] if len(scores) else []) \
+            + ([(self.path / "groups" / name, _table(groups, "groups"))] if len(groups) else []) \
+            + [(self.path / "samples" / name, _table(row, "samples"))]
+        for path, table in writes:
+            try:
+                atomic_write_parquet(path, table)
+            except OSError as exc:
+                for written, _ in writes:  # the sample is not committed: its parts written so far go
+                    written.unlink(missing_ok=True)
+                raise self._write_error(path, exc) from None
         self._seq += 1
         ok = sample_row.get("status", "ok") == "ok"
         if ok:
@@ -390,7 +567,10 @@ class RunStore:
             m.update(done=m["done"] + 1, errors=m["errors"] + (not ok), session_done=m["session_done"] + 1,
                      session_seconds=round(time.monotonic() - self._started, 3), updated=_now(), floor=self._floor)
             m["complete"] = m["done"] >= m["total"]
-            atomic_write_bytes(self.manifest_path, _json_bytes(m))
+            try:
+                atomic_write_bytes(self.manifest_path, _json_bytes(m))
+            except OSError as exc:
+                raise self._write_error(self.manifest_path, exc) from None
 
     def close(self) -> None:
         """Record the run's numerical floor (over every shard's samples) in run.json and release the shard."""
@@ -405,6 +585,10 @@ class RunStore:
                     config.update(numerical_floor=floor, numerical_floor_method=FLOOR_METHOD)
                     atomic_write_bytes(self.path / "run.json", _json_bytes(config))
                 self.config = config
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            # run.json's floor is a copy: readers take it from the samples (read_run), a resume records it
+            log.warning("could not record the numerical floor in %s (%s); the samples hold it",
+                        self.path / "run.json", _unreadable(exc))
         finally:
             self._lock.release()
 
@@ -442,16 +626,22 @@ def _committed(run: Path) -> set[str]:
     return {p.name for p in folder.glob("*.parquet")} if folder.is_dir() else set()
 
 
+def unreadable_parquet(path: Path, exc: BaseException) -> HorizonError:
+    """One line for a parquet file of a run that cannot be read (not parquet, cut short, unreadable), saying
+    how to get it back: a shard's part is redone by that shard's resume; any other file is restored or removed."""
+    shard = _shard_of(path.name)
+    fix = (f"resume shard {shard} (--shard {shard} --resume) to redo it" if shard and shard.count > 1 else
+           "a file cut short or not written by horizon: rescan that sample (--resume) or remove the file")
+    return HorizonError(f"{path}: not a readable parquet file ({_unreadable(exc)}); {fix}")
+
+
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Turn pyarrow's failure to read ``path`` (not parquet, cut short, unreadable) into one line naming it."""
     try:
         yield
     except (pa.ArrowException, OSError) as exc:
-        text = str(exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise HorizonError(f"{path}: cannot read it as a parquet table ({reason}); a file cut short or not "
-                           "written by horizon: rescan that sample (--resume) or remove the file") from None
+        raise unreadable_parquet(path, exc) from None
 
 
 def parquet_file(path: Path) -> pq.ParquetFile:

@@ -67,6 +67,10 @@ def model_identity(config: dict[str, Any], run: Path) -> tuple[str, list[str]]:
         path = run.resolve()
         return f"run:{path}", _suffixes(path)
     path = Path(str(model))
+    scanned = config.get("model_path")  # the folder scan resolved (newer runs): right whatever the cwd is now
+    if scanned and not Path(scanned).parent.parent.name.startswith("models--"):  # not a hub id's cache snapshot
+        path = Path(scanned)
+        return f"path:{path}", _suffixes(path)
     if path.exists() or path.is_absolute():
         path = path.resolve()
         return f"path:{path}", _suffixes(path)
@@ -103,7 +107,7 @@ def _name_models(runs: list[dict[str, Any]]) -> None:
         keys_of.append(key)
         names.setdefault(key, candidates)
         seen = first.setdefault(key, run)
-        for field in ("n_layers", "architecture"):
+        for field in ("n_layers", "architecture", "model_fingerprint"):  # one path, other files: another model
             a, b = seen["config"].get(field), run["config"].get(field)
             if a is not None and b is not None and a != b:
                 raise HorizonError(f"runs {seen['path']} and {run['path']} both name model {candidates[-1]!r} but "
