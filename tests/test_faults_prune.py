@@ -310,3 +310,22 @@ def test_killed_prune_grid_reruns_to_what_an_uninterrupted_grid_writes(ckpt, tmp
     pd.testing.assert_frame_equal(pd.read_csv(killed / "grid.csv").drop(columns=timing),
                                   pd.read_csv(whole / "grid.csv").drop(columns=timing))
     assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
+
+
+def test_resume_knows_the_model_by_its_files_not_by_how_its_path_is_typed(tmp_path, data, capsys, monkeypatch):
+    ckpt = build_tiny(tmp_path / "m", arch="llava", grid=(2, 2), layers=2, seed=1)
+    out = tmp_path / "eval"
+    assert main(eval_args(ckpt, data, out, "--limit", "2")) == 0
+    meta = json.loads((out / "eval.json").read_text())
+    assert meta["model_path"] == str(ckpt.resolve()) and meta["model_fingerprint"]
+    # the same folder typed another way continues the evaluation
+    monkeypatch.chdir(tmp_path)
+    assert main(eval_args(Path("./m"), data, out, "--limit", "3", "--resume")) == 0
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+    # another checkpoint in that folder is another model: refused, the evaluation as it was
+    import shutil
+
+    shutil.rmtree(ckpt)
+    build_tiny(ckpt, arch="llava", grid=(2, 2), layers=2, seed=2)
+    refused(capsys, eval_args(ckpt, data, out, "--resume"), out, "cannot resume", "fingerprint",
+            "the checkpoint's files differ")

@@ -95,10 +95,10 @@ def config_hash(config: dict[str, Any], keys: Sequence[str] = HASHED_KEYS) -> st
     payload = {k: config.get(k) for k in keys}
     if keys is HASHED_KEYS:
         payload.update({k: config[k] for k, default in OPTIONAL_HASHED.items() if config.get(k, default) != default})
-        if config.get("model_fingerprint"):
-            # the model is what its files hold, not how its path was typed; runs made before the fingerprint
-            # have none and keep hashing the path as typed
-            payload["model"] = {"fingerprint": config["model_fingerprint"]}
+    if "model" in keys and config.get("model_fingerprint"):
+        # the model is what its files hold, not how its path was typed; runs and evaluations made before the
+        # fingerprint have none and keep hashing the path as typed
+        payload["model"] = {"fingerprint": config["model_fingerprint"]}
     payload = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -120,8 +120,9 @@ def check_resume(meta: Path, config: dict[str, Any], keys: Sequence[str], resume
     if not resume:
         raise HorizonError(f"{directory} already holds {what}; pass --resume to continue it or choose another --out")
     old = json.loads(meta.read_text())
-    if old.get("config_hash") != config["config_hash"]:
-        raise HorizonError(f"cannot resume {directory}: configuration differs ({_differences(old, config, keys)})")
+    if not same_config(old, config, keys):
+        raise HorizonError(f"cannot resume {directory}: configuration differs "
+                           f"({resume_differences(old, config, keys)})")
     return True
 
 
@@ -173,7 +174,7 @@ def _same_folder(a: Any, b: Any) -> bool:
                       and Path(str(a)).resolve() == Path(str(b)).resolve())
 
 
-def same_config(old: dict[str, Any], config: dict[str, Any]) -> bool:
+def same_config(old: dict[str, Any], config: dict[str, Any], keys: Sequence[str] = HASHED_KEYS) -> bool:
     """Whether ``config`` (with its ``config_hash``) may continue the run whose run.json is ``old``.
 
     A run made before the model fingerprint existed compares the model path:
@@ -186,7 +187,7 @@ def same_config(old: dict[str, Any], config: dict[str, Any]) -> bool:
     legacy = {k: v for k, v in config.items() if k != "model_fingerprint"}
     if _same_folder(old.get("model"), config.get("model")):
         legacy["model"] = old.get("model")
-    return config_hash(legacy) == old.get("config_hash")
+    return config_hash(legacy, keys) == old.get("config_hash")
 
 
 def model_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -201,9 +202,9 @@ def model_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
             f"{new.get('model_path') or new.get('model')} (fingerprint {after}): the checkpoint's files differ")
 
 
-def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """What differs between a run's configuration and a resume's, for the refusal's one line."""
-    keys = [*HASHED_KEYS, *OPTIONAL_HASHED]
+def resume_differences(old: dict[str, Any], new: dict[str, Any], hashed: Sequence[str] = HASHED_KEYS) -> str:
+    """What differs between a run's (or an evaluation's) configuration and a resume's, for the refusal's line."""
+    keys = [*hashed, *OPTIONAL_HASHED] if hashed is HASHED_KEYS else list(hashed)
     model = model_difference(old, new)
     if old.get("model_fingerprint"):
         keys.remove("model")  # the fingerprint says whether the model differs, not the path as typed
