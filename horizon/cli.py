@@ -247,7 +247,8 @@ def _load_for_eval(args: argparse.Namespace):
     from .models import load, refuse_extra_images
     from .benchmarks import read_eval
 
-    evalset = read_eval(args.data, answers=args.answers, image_folder=args.image_folder, format=args.format)
+    evalset = read_eval(args.data, answers=args.answers, image_folder=args.image_folder, format=args.format,
+                        strict=args.on_error == "stop")
     refuse_extra_images(args.model, evalset.samples, args.data, args.trust_remote_code)
     vlm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
                device_map=_device_map(args.device_map), offload_folder=args.offload_folder,

@@ -199,15 +199,18 @@ def encode_sample(vlm: VisionLM, sample: Sample) -> tuple[dict[str, torch.Tensor
     return inputs, prompt
 
 
-def check_context(vlm: VisionLM, sample: Sample, input_ids: torch.Tensor, what: str) -> None:
-    """Refuse a sample whose ``what`` (its tokens ``input_ids``, visual ones included) is longer than the
-    positions the language model was built for: past them its outputs mean nothing, and nothing else says so."""
+def check_context(vlm: VisionLM, sample: Sample, input_ids: torch.Tensor, what: str, new_tokens: int = 0) -> None:
+    """Refuse a sample whose ``what`` (its tokens ``input_ids``, visual ones included), with room for
+    ``new_tokens`` generated after it, is longer than the positions the language model was built for: past
+    them its outputs mean nothing, and nothing else says so."""
     limit, n = vlm.max_positions, int(input_ids.shape[-1])
-    if limit is not None and n > limit:
+    if limit is not None and n + new_tokens > limit:
         visual = int((input_ids == vlm.adapter.image_token_id(vlm.hf)).sum())
-        raise SampleError(sample.id, f"{what} is {n} tokens ({visual} of them image tokens), longer than the "
-                                     f"model's {limit} positions (max_position_embeddings); shorten the question "
-                                     "or use smaller images")
+        more = f" and its answer may take {new_tokens} more (--max-new-tokens)" if new_tokens else ""
+        fix = "lower --max-new-tokens, shorten the question" if new_tokens else "shorten the question"
+        raise SampleError(sample.id, f"{what} is {n} tokens ({visual} of them image tokens){more}, longer than the "
+                                     f"model's {limit} positions (max_position_embeddings); {fix} or use smaller "
+                                     "images")
 
 
 def image_records(vlm: VisionLM, sample: Sample, grids: list[ImageGrid]) -> list[dict[str, Any]]:

@@ -211,6 +211,24 @@ def test_answer_pushing_past_the_context_is_refused(tiny, tmp_path, capsys):
         horizon.scan(vlm, data, layers="0", progress=False, answer_span="first")
 
 
+def test_prune_eval_refuses_an_answer_that_could_run_past_the_context(tiny, tmp_path):
+    """Generated tokens take positions: a prompt that fits with no room for --max-new-tokens more is refused."""
+    import horizon
+    from horizon.prune.evaluate import prune_eval
+    from horizon.scan import encode_sample
+
+    vlm = horizon.load(tiny["llava"], device="cpu")
+    data = write_data(tmp_path, [{"id": "a"}])
+    prompt_len = encode_prompt_len = encode_sample(vlm, read_jsonl(data)[0])[0]["input_ids"].shape[1]
+    vlm.language_model.config.max_position_embeddings = prompt_len + 3  # room for 3 answer tokens
+    fits = prune_eval(vlm, data, max_new_tokens=3, on_error="skip", progress=False)
+    assert fits.predictions.status.tolist() == ["ok"]
+    past = prune_eval(vlm, data, max_new_tokens=4, on_error="skip", progress=False)
+    (status,) = past.predictions.status
+    assert f"prompt is {encode_prompt_len} tokens" in status and "may take 4 more (--max-new-tokens)" in status
+    assert f"model's {prompt_len + 3} positions" in status
+
+
 # -- --on-error skip skips what cannot be prepared ----------------------------------------------------------
 
 def bomb_png(path: Path) -> None:

@@ -329,3 +329,79 @@ def test_resume_knows_the_model_by_its_files_not_by_how_its_path_is_typed(tmp_pa
     build_tiny(ckpt, arch="llava", grid=(2, 2), layers=2, seed=2)
     refused(capsys, eval_args(ckpt, data, out, "--resume"), out, "cannot resume", "fingerprint",
             "the checkpoint's files differ")
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_resume_retries_the_samples_that_failed_once_the_input_is_fixed(ckpt, data, tmp_path, capsys):
+    image = data.parent / "img" / "1.png"
+    image.rename(image.with_suffix(".bak"))  # q1's image goes missing: recorded under skip
+    out, whole = tmp_path / "eval", tmp_path / "whole"
+    assert main(eval_args(ckpt, data, out, "--on-error", "skip")) == 0
+    assert {r["sample_id"]: r["status"] for r in rows_of(out)}["q1"].startswith("error: ")
+    image.with_suffix(".bak").rename(image)  # fixed
+    (out / ".summary.json.tmp-99999").write_text("{")  # what a kill mid-write leaves
+    assert main(eval_args(ckpt, data, out, "--on-error", "skip", "--resume")) == 0
+    assert not list(out.glob(".*.tmp-*"))
+    assert main(eval_args(ckpt, data, whole)) == 0
+    key = lambda r: (r["sample_id"], r["seed"])  # noqa: E731
+    got, want = sorted(rows_of(out), key=key), sorted(rows_of(whole), key=key)
+    assert [key(r) for r in got] == [key(r) for r in want]  # one row per sample: the error's row is gone
+    assert all(r["status"] == "ok" for r in got)
+    assert [r["prediction"] for r in got] == [r["prediction"] for r in want]
+    assert json.loads((out / "summary.json").read_text())["n_samples"] == 3
+
+
+def test_a_full_disk_keeps_the_answers_written_and_resume_completes(ckpt, data, tmp_path, capsys, monkeypatch):
+    out, whole = tmp_path / "eval", tmp_path / "whole"
+    real_open = open
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if str(path) == str(out / "predictions.jsonl") and mode == "a" and \
+                (out / "predictions.jsonl").read_bytes().count(b"\n") >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_open)
+    capsys.readouterr()
+    code = main(eval_args(ckpt, data, out))
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("horizon: error")]
+    assert code == 2 and len(err) == 1
+    assert f"{out / 'predictions.jsonl'}: cannot write (No space left on device)" in err[0]
+    assert "the 2 answer(s) written are kept" in err[0] and "--resume" in err[0]
+    monkeypatch.setattr("builtins.open", real_open)  # space freed
+    assert len(rows_of(out)) == 2
+    assert main(eval_args(ckpt, data, out, "--resume")) == 0
+    assert main(eval_args(ckpt, data, whole)) == 0
+    key = lambda r: (r["sample_id"], r["seed"])  # noqa: E731
+    assert [(key(r), r["prediction"]) for r in sorted(rows_of(out), key=key)] == \
+        [(key(r), r["prediction"]) for r in sorted(rows_of(whole), key=key)]
+
+
+def test_prune_eval_skips_a_line_it_cannot_read_under_skip_and_stops_on_it_otherwise(ckpt, data, tmp_path, capsys):
+    lines = data.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"what is", b"wh\xe4t is")  # Latin-1, not UTF-8
+    data.write_bytes(b"".join(lines) + b'{"id": "q9", "image": \n')
+    capsys.readouterr()
+    assert main(eval_args(ckpt, data, tmp_path / "stop")) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("horizon: error")]
+    assert len(err) == 1 and f"{data}:2: not UTF-8 text" in err[0]
+    assert not (tmp_path / "stop").exists()
+    assert main(eval_args(ckpt, data, tmp_path / "skip", "--on-error", "skip")) == 0
+    status = {r["sample_id"]: r["status"] for r in rows_of(tmp_path / "skip")}
+    assert status["q0"] == status["q2"] == "ok"
+    assert "not UTF-8" in status["line-2"] and "malformed JSON" in status["line-4"]
+    assert json.loads((tmp_path / "skip" / "summary.json").read_text())["n_samples"] == 2
+
+
+def test_every_sample_failing_under_skip_is_one_line_and_the_errors_stay(ckpt, data, tmp_path, capsys):
+    for image in (data.parent / "img").iterdir():
+        image.unlink()
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert main(eval_args(ckpt, data, out, "--on-error", "skip")) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("horizon: error")]
+    assert len(err) == 1 and "no sample could be evaluated" in err[0] and "image file not found" in err[0]
+    assert [r["status"].startswith("error: ") for r in rows_of(out)] == [True] * 3

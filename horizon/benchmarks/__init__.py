@@ -61,12 +61,13 @@ def metric_choices() -> tuple[str, ...]:
 
 
 def read_eval(data: str | Path, *, answers: str | Path | None = None, image_folder: str | Path | None = None,
-              format: str = "auto") -> EvalSet:
+              format: str = "auto", strict: bool = True) -> EvalSet:
     """Read a question file (``--data``) with its ground truth (``--answers``).
 
     ``image_folder`` (``--image-folder``) is the folder the question file's image
     names are relative to; without it, the question file's own folder (the MME
-    release folder for ``mme``). ``format`` is ``auto`` or a name in :data:`BENCHMARKS`.
+    release folder for ``mme``). ``format`` is ``auto`` or a name in :data:`BENCHMARKS`. Without
+    ``strict`` (``--on-error skip``) a DESIGN JSONL line that is not a sample becomes one carrying its problem.
     """
     if format != "auto" and format not in BENCHMARKS:
         raise HorizonError(f"--format {format!r}: unknown format; use one of {', '.join(format_choices())}")
@@ -83,7 +84,7 @@ def read_eval(data: str | Path, *, answers: str | Path | None = None, image_fold
     benchmark = BENCHMARKS.get(_detect(data, answers) if format == "auto" else format)
     if answers is None and benchmark.answers_hint is not None:
         raise HorizonError(f"{data}: {benchmark.answers_hint}")
-    evalset = benchmark.read(data, answers, folder)
+    evalset = benchmark.read(data, answers, folder, strict=strict)
     files = [str(data.resolve())] + [f"{flag}={p.resolve()}" for flag, p in (("answers", answers),
                                                                          ("images", folder)) if p is not None]
     evalset.source = " ".join(files)

@@ -100,11 +100,17 @@ class Benchmark(ABC):
     scoring: Scoring
 
     @abstractmethod
-    def read(self, data: Path, answers: Path | None, image_folder: Path | None) -> EvalSet:
+    def read(self, data: Path, answers: Path | None, image_folder: Path | None, *,
+             strict: bool = True) -> EvalSet:
         """Read ``--data`` with its ``--answers``; images relative to ``image_folder``.
 
         ``data`` exists and is a file; ``answers`` exists when given. Every
         problem with the files is a one-line HorizonError naming file and line.
+        Without ``strict`` (``--on-error skip``) a reader whose lines are
+        samples on their own (``jsonl``) may instead return a line it cannot
+        read as a sample carrying its problem, recorded and skipped like any
+        sample error; readers that pair questions with a separate answer file
+        stay strict (a bad line there breaks the pairing, not one sample).
         """
 
     def score(self, prediction: str, sample: Sample) -> float:

@@ -52,14 +52,16 @@ class Jsonl(Benchmark):
     llava_questions = False
     scoring = ExactMatch()
 
-    def read(self, data: Path, answers: Path | None, image_folder: Path | None) -> EvalSet:
+    def read(self, data: Path, answers: Path | None, image_folder: Path | None, *,
+             strict: bool = True) -> EvalSet:
         if answers is not None:
             raise HorizonError(f"{data}: --answers is not used with --format jsonl (each line carries its 'answer')")
         if image_folder is not None:
             raise HorizonError(f"{data}: --image-folder is not used with --format jsonl "
                                f"(images are relative to the file itself)")
-        samples = read_jsonl(data)
-        metric = "vqa" if all(len(s.answers) >= 10 for s in samples) else self.scoring.name
+        samples = read_jsonl(data, strict=strict)
+        readable = [s for s in samples if not s.problem] or samples  # a skipped line carries no answers
+        metric = "vqa" if all(len(s.answers) >= 10 for s in readable) else self.scoring.name
         return EvalSet(samples, metric, self.name)
 
 

@@ -253,7 +253,8 @@ class MME(Benchmark):
             return 1
         return 0
 
-    def read(self, data: Path, answers: Path | None, image_folder: Path | None) -> EvalSet:
+    def read(self, data: Path, answers: Path | None, image_folder: Path | None, *,
+             strict: bool = True) -> EvalSet:
         assert answers is not None
         truth = _MMEGroundTruth(answers)
         base = image_folder if image_folder is not None else answers

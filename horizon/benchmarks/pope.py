@@ -187,7 +187,8 @@ class Pope(Benchmark):
             return 2 if re.fullmatch(r"coco_pope_.+\.json", answers.name) else 0
         return 2 if any(answers.glob("coco_pope_*.json")) else 0
 
-    def read(self, data: Path, answers: Path | None, image_folder: Path | None) -> EvalSet:
+    def read(self, data: Path, answers: Path | None, image_folder: Path | None, *,
+             strict: bool = True) -> EvalSet:
         assert answers is not None
         labels = _pope_labels(answers)
         by_id = {cat: {lab.question_id: lab for lab in labs} for cat, (_, labs) in labels.items()}

@@ -120,7 +120,8 @@ class TextVQA(Benchmark):
             return 2
         return 1  # some other .json: most likely TextVQA's, and its reader says what is wrong with it
 
-    def read(self, data: Path, answers: Path | None, image_folder: Path | None) -> EvalSet:
+    def read(self, data: Path, answers: Path | None, image_folder: Path | None, *,
+             strict: bool = True) -> EvalSet:
         assert answers is not None
         annotations = _textvqa_annotations(answers)
         # LLaVA's eval_textvqa.py matches a prediction to the annotation keyed by

@@ -169,7 +169,8 @@ class VQAv2(Benchmark):
     def claims_answers(self, answers: Path) -> int:
         return 2 if answers.is_file() and _ANNOTATIONS.search(head(answers)) else 0
 
-    def read(self, data: Path, answers: Path | None, image_folder: Path | None) -> EvalSet:
+    def read(self, data: Path, answers: Path | None, image_folder: Path | None, *,
+             strict: bool = True) -> EvalSet:
         assert answers is not None
         annotations = _vqa_annotations(answers)
         base = image_folder if image_folder is not None else data.parent

@@ -22,9 +22,10 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ from ..models import VisionLM, load, refuse_extra_images
 from ..models.identity import model_keys
 from ..options import check_out_folder, check_run_options
 from ..records import NO_INFORMATION, Horizon
-from ..scan import encode_sample
+from ..scan import check_context, encode_sample
 from ..io.runs import atomic_write_bytes, check_resume, config_hash
 from .generate import Generation, generate, prefill_flops, sample_seed
 from .prefix import (READS_LAYER_BEFORE, BatchRow, SharedPrefix, continue_batch, continue_generation,
@@ -327,7 +328,7 @@ def summarize(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
             else int((predictions.status != "ok").sum()),
         })
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["task", "n_samples"])  # every sample failed: no rows
 
 
 # -- the evaluation directory -----------------------------------------------------------
@@ -372,11 +373,38 @@ class EvalStore:
         meta = self.path / "eval.json"
         self.preflight(resume)
         if check_resume(meta, config, HASHED, resume, "an evaluation"):
-            return self._read()
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(meta, (json.dumps(config, indent=2, default=str) + "\n").encode())
-        self.predictions.write_text("")
+            for stray in self.path.glob(".*.tmp-*"):  # what a write killed midway left; its target is intact
+                stray.unlink(missing_ok=True)
+            return self._retry_failed(self._read())
+        with self._writing(self.path / "eval.json"):
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(meta, (json.dumps(config, indent=2, default=str) + "\n").encode())
+            self.predictions.write_text("")
         return []
+
+    def _retry_failed(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A resume retries the samples that failed (an error is not a result: the input may have been fixed
+        since); their rows leave predictions.jsonl, rewritten whole and atomically, so each sample has one row."""
+        failed = [r for r in rows if r.get("status", "ok") != "ok"]
+        if not failed:
+            return rows
+        kept = [r for r in rows if r.get("status", "ok") == "ok"]
+        with self._writing(self.predictions):
+            atomic_write_bytes(self.predictions, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        ids = sorted({str(r["sample_id"]) for r in failed})
+        log.info("resume: retrying %d sample(s) that failed before: %s", len(ids), ", ".join(ids))
+        return kept
+
+    @contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """A write that fails (a full disk, a file system gone read-only) as one line; the answers written so
+        far stay, and a cut last line is dropped by the resume."""
+        try:
+            yield
+        except OSError as exc:
+            done = self.predictions.read_bytes().count(b"\n") if self.predictions.exists() else 0
+            raise HorizonError(f"{path}: cannot write ({exc.strerror or exc}); the {done} answer(s) written are "
+                               "kept: free some space (or fix the folder) and rerun with --resume") from None
 
     def _read(self) -> list[dict[str, Any]]:
         """The rows written so far. A last line without its newline was cut by a kill: it is dropped (its sample
@@ -418,14 +446,15 @@ class EvalStore:
             self.path.rmdir()
 
     def add(self, row: dict[str, Any]) -> None:
-        with open(self.predictions, "a", encoding="utf-8") as fh:
+        with self._writing(self.predictions), open(self.predictions, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
     def finish(self, summary: dict[str, Any], tasks: pd.DataFrame) -> None:
-        atomic_write_bytes(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-        atomic_write_bytes(self.path / "summary.csv", tasks.to_csv(index=False).encode())
+        with self._writing(self.path / "summary.json"):
+            atomic_write_bytes(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+            atomic_write_bytes(self.path / "summary.csv", tasks.to_csv(index=False).encode())
 
 
 # -- the verb -------------------------------------------------------------------------------
@@ -596,6 +625,8 @@ def _sample_jobs(vlm: VisionLM, sample: Sample, entries: list[EvalEntry], bar: A
         if sample.problem:
             raise SampleError(sample.id, sample.problem)
         inputs = encode_sample(vlm, sample)[0]
+        # the answer's tokens take positions too: an answer that would run past the model's last is refused
+        check_context(vlm, sample, inputs["input_ids"], "prompt", max(e.cfg.max_new_tokens for e in entries))
         if not (inputs["input_ids"][0] == vlm.adapter.image_token_id(vlm.hf)).any():
             raise SampleError(sample.id, "the prompt holds no image tokens")
         try:
@@ -727,7 +758,8 @@ def prune_eval(
     if isinstance(data, EvalSet):
         evalset = data
     elif isinstance(data, (str, Path)):
-        evalset = read_eval(data, answers=answers, image_folder=image_folder, format=data_format)
+        evalset = read_eval(data, answers=answers, image_folder=image_folder, format=data_format,
+                            strict=cfg.on_error == "stop")
     else:
         evalset = EvalSet(list(data), "exact", "samples")
     if out is not None:

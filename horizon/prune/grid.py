@@ -187,7 +187,8 @@ def prune_grid(
 
     cfg = config or GridConfig()
     evalset = data if isinstance(data, EvalSet) else read_eval(data, answers=answers, image_folder=image_folder,
-                                                               format=data_format)
+                                                               format=data_format,
+                                                               strict=cfg.eval.on_error == "stop")
     cfg.validate()
     preflight_grid(out, cfg, resume)  # before the weights load
     if not isinstance(model, VisionLM):
