@@ -50,11 +50,14 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file and folder under root: relative name -> sha1 of its bytes ('dir' for folders)."""
+    """Every file, folder and link under root: relative name -> sha1 of its bytes ('dir', 'link to ...')."""
     out = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        out[rel] = "dir" if path.is_dir() else hashlib.sha1(path.read_bytes()).hexdigest()
+        if path.is_symlink():
+            out[rel] = f"link to {path.readlink()}"
+        else:
+            out[rel] = "dir" if path.is_dir() else hashlib.sha1(path.read_bytes()).hexdigest()
     return out
 
 
@@ -131,6 +134,24 @@ def no_tokenizer(w, tmp) -> Path:
     return ckpt
 
 
+def corrupted_predictions(w, tmp) -> Path:
+    """A copy of the finished evaluation whose second complete line is not JSON."""
+    import shutil
+
+    out = tmp / "eval-copy"
+    shutil.copytree(w["eval"], out)
+    lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = '{"sample_id": "s1", "seed": \n'
+    (out / "predictions.jsonl").write_text("".join(lines))
+    return out
+
+
+def link_loop(tmp, name: str) -> Path:
+    loop = tmp / name
+    loop.symlink_to(loop)
+    return loop
+
+
 def non_utf8(w, tmp) -> Path:
     return text_file(tmp, "latin1.jsonl", w["data"].read_bytes().replace(b"what colour", b"what col\xf6ur"))
 
@@ -156,7 +177,16 @@ CASES = [
     ("scan-non-utf8-data", lambda w, t: scan_args(w, t, data=non_utf8(w, t)), ["latin1.jsonl:1"]),
     ("scan-malformed-json", lambda w, t: scan_args(w, t, data=text_file(t, "bad.jsonl", '{"id": "a",\n')),
      ["bad.jsonl:1"]),
+    ("scan-data-symlink-loop", lambda w, t: scan_args(w, t, data=link_loop(t, "loop.jsonl")),
+     ["loop.jsonl", "symbolic link loop"]),
+    ("scan-kl-tokens-zero", lambda w, t: scan_args(w, t, "--estimator", "gradient", "--kl-tokens", "0"),
+     ["--kl-tokens"]),
     # prune-eval
+    ("eval-resume-corrupted-prediction-line",
+     lambda w, t: eval_args(w, t, "--resume", out=corrupted_predictions(w, t)), ["predictions.jsonl:2"]),
+    ("eval-non-utf8-data", lambda w, t: eval_args(w, t, data=non_utf8(w, t)), ["latin1.jsonl:1", "UTF-8"]),
+    ("eval-model-symlink-loop", lambda w, t: eval_args(w, t, model=link_loop(t, "loop-model")),
+     ["loop-model", "symbolic link loop"]),
     ("eval-data-missing", lambda w, t: eval_args(w, t, data=t / "nope.jsonl"), ["nope.jsonl"]),
     ("eval-limit-zero", lambda w, t: eval_args(w, t, "--limit", "0"), ["--limit"]),
     ("eval-limit-negative", lambda w, t: eval_args(w, t, "--limit", "-1"), ["--limit"]),
@@ -184,6 +214,8 @@ CASES = [
     ("analyze-threshold-negative", lambda w, t: analyze_args(w, t, "--threshold", "-0.1"), ["threshold"]),
     ("analyze-n-boot-zero", lambda w, t: analyze_args(w, t, "--n-boot", "0"), ["boot"]),
     ("analyze-seed-negative", lambda w, t: analyze_args(w, t, "--seed", "-1"), ["seed"]),
+    ("analyze-uniformity-above-one", lambda w, t: analyze_args(w, t, "--uniformity", "1.5"), ["uniformity"]),
+    ("analyze-n-perm-zero", lambda w, t: analyze_args(w, t, "--n-perm", "0"), ["n-perm"]),
     ("analyze-out-is-a-file", lambda w, t: analyze_args(w, t, out=text_file(t, "out.txt", "x")), ["out.txt"]),
 ]
 
