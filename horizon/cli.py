@@ -36,7 +36,7 @@ def _scan(args: argparse.Namespace) -> int:
         target=args.target, answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
         limit=args.limit, on_error=args.on_error, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
         shard=shard, estimator=args.estimator, kl_tokens=args.kl_tokens, hybrid_margin=args.hybrid_margin,
-        hybrid_top=args.hybrid_top,
+        hybrid_top=args.hybrid_top, saturation_fix=args.saturation_fix,
     )
     cfg.validate()  # fail on bad options before loading a model
     if not Path(args.data).is_file():
@@ -86,7 +86,7 @@ def _validate(args: argparse.Namespace) -> int:
     cfg = scan_config(ScanConfig(layers=args.layers, group=args.group, protocol=args.protocol, target=args.target,
                                  answer_span=args.answer_span, batch_size=args.batch_size, seed=args.seed,
                                  kl_tokens=args.kl_tokens, hybrid_margin=args.hybrid_margin,
-                                 hybrid_top=args.hybrid_top),
+                                 hybrid_top=args.hybrid_top, saturation_fix=args.saturation_fix),
                       args.limit, args.metric, estimator=args.estimator)
     if not Path(args.data).is_file():
         raise HorizonError(missing_message(args.data, "dataset file"))
@@ -399,6 +399,9 @@ def _estimator_options(p: argparse.ArgumentParser) -> None:
                    "the estimate, measured exactly (default: 0.10)")
     p.add_argument("--kl-tokens", type=int, default=8, help="gradient estimator: the most probable tokens KL's "
                    "second-order estimate sums over (default: 8)")
+    p.add_argument("--no-saturation-fix", dest="saturation_fix", action="store_false",
+                   help="gradient estimator: linearise each layer's softmax too (plain attribution patching) "
+                        "instead of recomputing it exactly without the group (AtP*; the default)")
 
 
 def build_parser() -> argparse.ArgumentParser:

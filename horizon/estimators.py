@@ -59,12 +59,16 @@ def _masks(vlm: VisionLM, clean: CleanPass, dtype: torch.dtype) -> dict[str, tor
     return masks
 
 
-def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor) -> torch.Tensor:
+def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor,
+                   attention_outputs: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Log-probabilities (m, V) at the scored positions with ``gates`` (L, S) added to the attention logits.
 
     ``gates[j, k]`` is ``log a[j, k]``: 0 leaves key k of layer j as it is,
     -inf closes it. Differentiable in ``gates``. The pass starts from the
     clean input embeddings (the vision tower ran once, in the clean pass).
+    ``attention_outputs``, when given, receives each layer's attention output
+    before its output projection, (1, S, heads * head_dim): the heads' outputs,
+    what the saturation correction differentiates against.
     """
     lm, adapter = vlm.language_model, vlm.adapter
     seq = clean.seq_len
@@ -94,8 +98,13 @@ def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor) -> torc
     def grab(module, args):
         seen["hidden"] = args[0]
 
+    def keep(module, args):
+        attention_outputs.append(args[0])
+
     handles = [layer.register_forward_pre_hook(gate(j), with_kwargs=True)
                for j, layer in enumerate(adapter.decoder_layers(lm))]
+    if attention_outputs is not None:
+        handles += [layer.self_attn.o_proj.register_forward_pre_hook(keep) for layer in adapter.decoder_layers(lm)]
     handles.append(final.register_forward_pre_hook(grab))
     try:
         lm(inputs_embeds=embeds, position_ids=clean.position_ids, attention_mask=adapter.decoder_masks(masks),
@@ -116,30 +125,113 @@ class GateGradients:
     answer: torch.Tensor  # (L, S): d log p(y) / d log a
     tokens: torch.Tensor  # (K, m, L, S): d log p_v / d log a for the K most probable tokens v at each position
     token_probs: torch.Tensor  # (K, m): their clean probabilities
+    # with the saturation correction (gate_gradients given groups): per layer j and group g, the first-order
+    # change of log p(y) (K, m for the tokens) when g's keys leave layer j's softmax, the softmax recomputed
+    # exactly: (L, G) and (K, m, L, G); None without it
+    answer_groups: torch.Tensor | None = None
+    token_groups: torch.Tensor | None = None
 
     def suffix(self, grads: torch.Tensor) -> torch.Tensor:
         """Sums over layers j >= l: (..., L, S) -> (..., L, S)."""
         return grads.flip(-2).cumsum(-2).flip(-2)
 
 
-def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tokens: int = 0) -> GateGradients:
-    """One forward pass with open gates, one backward pass for the answer, ``kl_tokens`` more for KL's tokens."""
+def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tokens: int = 0,
+                   groups: Sequence[Group] | None = None) -> GateGradients:
+    """One forward pass with open gates, one backward pass for the answer, ``kl_tokens`` more for KL's tokens.
+
+    Given ``groups``, also the saturation-corrected per-layer group estimates (:func:`saturation_corrected`),
+    from the same backward passes.
+    """
     gates = torch.zeros(vlm.n_layers, clean.seq_len, dtype=torch.float64, device=vlm.device, requires_grad=True)
+    outputs: list[torch.Tensor] | None = [] if groups is not None else None
+    corrector = _Saturation(vlm, clean, groups) if groups is not None else None
     with torch.enable_grad():
-        logp = gated_logprobs(vlm, clean, gates)  # (m, V)
+        logp = gated_logprobs(vlm, clean, gates, outputs)  # (m, V)
+        wrt = [gates, *(outputs or [])]
+
+        def backward(value: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            grad, *heads = torch.autograd.grad(value, wrt, retain_graph=keep)
+            return grad.detach(), corrector(heads) if corrector else None
+
         answer = logp.gather(-1, target.to(logp.device)[:, None]).sum()
-        (grad,) = torch.autograd.grad(answer, gates, retain_graph=kl_tokens > 0)
+        grad, answer_groups = backward(answer, kl_tokens > 0)
         m = logp.shape[0]
         token_grads = torch.zeros(kl_tokens, m, *gates.shape, dtype=torch.float64, device=gates.device)
+        token_groups = (torch.zeros(kl_tokens, m, vlm.n_layers, len(groups), dtype=torch.float64)
+                        if groups is not None else None)
         probs = torch.zeros(kl_tokens, m, dtype=torch.float64)
         if kl_tokens:
             top = logp.detach().topk(kl_tokens, dim=-1)
             for i in range(m):
                 for r in range(kl_tokens):
                     last = i == m - 1 and r == kl_tokens - 1
-                    (token_grads[r, i],) = torch.autograd.grad(logp[i, top.indices[i, r]], gates, retain_graph=not last)
+                    token_grads[r, i], corrected = backward(logp[i, top.indices[i, r]], not last)
+                    if corrected is not None:
+                        token_groups[r, i] = corrected
                     probs[r, i] = float(top.values[i, r].exp())
-    return GateGradients(float(answer.detach()), grad.detach(), token_grads.cpu(), probs)
+    return GateGradients(float(answer.detach()), grad, token_grads.cpu(), probs, answer_groups, token_groups)
+
+
+class _Saturation:
+    """The AtP*-style correction of the gate gradient for attention saturation, per layer and group.
+
+    Closing group g's gates in layer j removes g's keys from every query's
+    softmax. For query q and head h with attention weights ``w`` over keys,
+    output ``o = sum_k w_k v_k``, mass ``m = sum_{k in g} w_k`` on g and
+    ``u = sum_{k in g} w_k v_k``, the softmax recomputed without g gives
+    exactly ``o' = (o - u) / (1 - m)``, a change of ``(m o - u) / (1 - m)``.
+    The plain gate gradient is the linear term ``m o - u``: it vanishes when a
+    query attends almost only to g (``o ~ u``, ``m ~ 1``) although removing g
+    changes the output most (saturation). The correction keeps the exact change
+    of each layer's attention output and linearises only what follows:
+    ``dlogp_j(g) = -sum_{q,h} <d log p / d o_qh, (m o - u) / (1 - m)>``
+    (with ``1 - m`` floored at 1e-6: a query that sees nothing but g has no
+    output without it). With ``m`` set to 0 it is the gate gradient's sum over g.
+    """
+
+    def __init__(self, vlm: VisionLM, clean: CleanPass, groups: Sequence[Group]):
+        self.vlm, self.clean = vlm, clean
+        self.keys = sorted({p for g in groups for p in g.positions})  # only the groups' keys enter
+        column = {p: i for i, p in enumerate(self.keys)}
+        self.member = torch.zeros(len(self.keys), len(groups), dtype=torch.float32, device=vlm.device)
+        for i, g in enumerate(groups):
+            self.member[[column[p] for p in g.positions], i] = 1.0
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def _layer(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer j's (weights on the groups' keys (H, S, n), their values (H, n, hd), outputs (H, S, hd))."""
+        if j not in self.cache:
+            vlm, clean = self.vlm, self.clean
+            layer = vlm.adapter.decoder_layers(vlm.language_model)[j]
+            kind = vlm.adapter.layer_types(vlm.language_model)[j]
+            hidden = clean.layer_inputs[j]
+            hidden = hidden if hidden.dim() == 3 else hidden[None]
+            cos, sin = clean.rotary[kind]
+            queries = vlm.adapter.queries(layer, hidden, (cos[None], sin[None]))
+            positions = torch.arange(clean.seq_len, device=queries.device)
+            allowed = vlm.adapter.attends(clean.layout, kind, positions[:, None], positions[None, :])
+            weights = vlm.adapter.attention_weights(layer, queries, clean.keys[j], allowed[None, None])[0]
+            values = clean.values[j].to(weights.device).float()
+            values = values.repeat_interleave(weights.shape[0] // values.shape[1], dim=1)[0]  # (H, S, hd)
+            outputs = weights @ values
+            self.cache[j] = (weights[:, :, self.keys], values[:, self.keys], outputs)
+        return self.cache[j]
+
+    @torch.no_grad()
+    def __call__(self, heads: list[torch.Tensor]) -> torch.Tensor:
+        """(L, G) corrected per-layer estimates from d(score)/d(attention output) of every layer."""
+        rows = []
+        for j, grad in enumerate(heads):
+            weights, values, outputs = self._layer(j)
+            grad = grad[0].float().view(grad.shape[1], weights.shape[0], -1).transpose(0, 1)  # (H, S, hd)
+            mass = weights @ self.member  # (H, S, G)
+            # <grad, u> and <grad, m o> per (head, query, group)
+            linear = ((grad @ values.transpose(-1, -2)) * weights) @ self.member \
+                - mass * (grad * outputs).sum(-1, keepdim=True)
+            rows.append((linear / (1.0 - mass).clamp_min(1e-6)).sum((0, 1)).double().cpu())
+        return torch.stack(rows)
 
 
 def estimate_remove(grads: GateGradients, groups: Sequence[Group], layers: Sequence[int],
@@ -152,7 +244,10 @@ def estimate_remove(grads: GateGradients, groups: Sequence[Group], layers: Seque
     for i, g in enumerate(groups):
         member[i, list(g.positions)] = 1.0
     rows = torch.tensor(list(layers), dtype=torch.long)
-    dlogp = (grads.suffix(grads.answer.cpu())[rows] @ member.T).flatten()  # (layers * groups,)
+    if grads.answer_groups is not None:  # the saturation-corrected per-layer estimates, summed over layers >= l
+        dlogp = grads.suffix(grads.answer_groups)[rows].flatten()
+    else:
+        dlogp = (grads.suffix(grads.answer.cpu())[rows] @ member.T).flatten()  # (layers * groups,)
     out = {}
     if "dlogp" in metrics:
         out["dlogp"] = dlogp
@@ -162,6 +257,7 @@ def estimate_remove(grads: GateGradients, groups: Sequence[Group], layers: Seque
     if "kl" in metrics:
         if not grads.tokens.shape[0]:
             raise HorizonError("kl needs the top tokens' gradients (kl_tokens > 0)")
-        change = grads.suffix(grads.tokens)[:, :, rows] @ member.T  # (K, m, layers, groups): -d log p_v
+        change = (grads.suffix(grads.token_groups)[:, :, rows] if grads.token_groups is not None
+                  else grads.suffix(grads.tokens)[:, :, rows] @ member.T)  # (K, m, layers, groups): -d log p_v
         out["kl"] = (0.5 * (grads.token_probs[:, :, None, None] * change**2).sum(0).mean(0)).flatten()
     return out

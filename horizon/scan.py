@@ -64,6 +64,8 @@ class ScanConfig:
     kl_tokens: int = KL_TOKENS  # gradient estimator: tokens of KL's second-order estimate
     hybrid_margin: int = 1  # hybrid: scanned layers on each side of the estimated horizon measured exactly
     hybrid_top: float = 0.10  # hybrid: share of each layer's groups (the top by the estimate) measured exactly
+    # gradient and hybrid: each layer's softmax recomputed exactly without the group (AtP*), not linearised
+    saturation_fix: bool = True
 
     def validate(self) -> None:
         self.metrics = check_metrics(self.protocol, self.metrics or DEFAULT_METRICS.get(self.protocol, ()))
@@ -280,6 +282,10 @@ ESTIMATOR_METHOD = ("gradient (attribution patching): dlogp = sum over layers >=
                     "d log(attention gate) at the clean point; dprob = p(y) * that; kl = second order, 1/2 sum over "
                     "the {k} most probable tokens of p_v (first-order change of log p_v)^2. Estimates, not measured "
                     "removals; no numerical floor is measured")
+SATURATION_METHOD = ("saturation fix (AtP*-style): each layer's attention output without the group is recomputed exactly "
+                     "((m o - u) / (1 - m) per query and head, m the query's attention mass on the group, u its "
+                     "share of the output) and only its effect on the answer is linearised, instead of linearising "
+                     "the softmax too (which misses queries that attend almost only to the group)")
 HYBRID_METHOD = ("the gradient estimate everywhere, then the exact engine for every group of the scanned layers within "
                  "`margin` of the sample's estimated horizon and the `top` share of groups per layer by the estimate; "
                  "the scores' `exact` column says which rows were measured; the floor is measured on those layers")
@@ -393,7 +399,8 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     estimated = None  # (estimates, which rows are measured exactly) for the gradient and hybrid estimators
     if cfg.estimator in ("gradient", "hybrid"):
         # one forward and backward pass (plus one backward per KL token) instead of one pass per ablation
-        grads = gate_gradients(vlm, clean, target, cfg.kl_tokens if "kl" in cfg.metrics else 0)
+        grads = gate_gradients(vlm, clean, target, cfg.kl_tokens if "kl" in cfg.metrics else 0,
+                               groups if cfg.saturation_fix else None)
         estimates = {m: v.float().numpy() for m, v in estimate_remove(grads, groups, layers, cfg.metrics).items()}
         deciding = "dlogp" if "dlogp" in estimates else next(iter(estimates))
         measured = (hybrid_plan(estimates[deciding].reshape(len(layers), len(groups)), cfg.hybrid_margin,
@@ -547,7 +554,9 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
         "data": data,
         "batch_size": cfg.batch_size,
         "reuse_prefix": cfg.reuse_prefix,
-        **({"estimator": cfg.estimator, "estimated": True, "estimator_method": ESTIMATOR_METHOD.format(k=cfg.kl_tokens)}
+        **({"estimator": cfg.estimator, "estimated": True, "estimator_method": ESTIMATOR_METHOD.format(k=cfg.kl_tokens)
+            + ("; " + SATURATION_METHOD if cfg.saturation_fix else "; linear softmax (no saturation fix)"),
+            "saturation_fix": cfg.saturation_fix}
            if cfg.estimator != "exact" else {}),
         **({"hybrid": {"margin": cfg.hybrid_margin, "top": cfg.hybrid_top, "method": HYBRID_METHOD}}
            if cfg.estimator == "hybrid" else {}),

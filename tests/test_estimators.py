@@ -80,6 +80,38 @@ def test_gate_gradients_equal_finite_differences(checkpoints, dataset):
     assert grads.logp == pytest.approx(float(clean.scored_logprobs()[0, target[0]]), abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl", "gemma3"])
+def test_saturation_fix_is_the_exact_attention_change_linearised_after_it(models, dataset, name):
+    """Per layer j and group g, the corrected estimate is -<d log p / d(attention output of j), the exact change
+    of that output when g's keys leave layer j's softmax>: the change measured here by closing g's gates in layer
+    j alone and reading the attention output the model computes. Without saturation (m -> 0) it would be the
+    plain gate gradient, which is the gates' linearisation of the same change."""
+    vlm = models[name]
+    clean, groups, target = prepared(vlm, dataset(name, 1))
+    grads = gate_gradients(vlm, clean, target, groups=groups)
+    gates = torch.zeros(vlm.n_layers, clean.seq_len, dtype=torch.float64, requires_grad=True)
+    outputs: list[torch.Tensor] = []
+    with torch.enable_grad():
+        logp = gated_logprobs(vlm, clean, gates, outputs)
+        heads = torch.autograd.grad(logp[0, target[0]], outputs)
+    with torch.no_grad():
+        for layer in range(vlm.n_layers):
+            for gi in (0, len(groups) // 2, len(groups) - 1):
+                only = torch.zeros_like(gates)
+                only[layer, list(groups[gi].positions)] = -torch.inf
+                removed: list[torch.Tensor] = []
+                gated_logprobs(vlm, clean, only, removed)
+                change = (removed[layer] - outputs[layer]).double()
+                expected = -float((heads[layer].double() * change).sum())
+                assert float(grads.answer_groups[layer, gi]) == pytest.approx(expected, rel=1e-3, abs=1e-7)
+        # the linear part alone (mass 0) is the gate gradient summed over the group
+        member = torch.zeros(clean.seq_len, dtype=torch.float64)
+        member[list(groups[0].positions)] = 1.0
+        plain = grads.answer @ member
+        assert not torch.allclose(grads.answer_groups[:, 0], plain)  # the correction changes something ...
+        assert torch.allclose(grads.answer_groups[:, 0], plain, rtol=0.5, atol=1e-3)  # ... a little, unsaturated
+
+
 def test_kl_second_order_matches_the_exact_kl_of_a_small_step(models, dataset):
     """With every token in the sum, 1/2 sum_v p_v (d log p_v)^2 is KL's second-order term: a step of the gates by
     -eps gives KL ~ eps^2 times the estimate (the estimate is the full step, eps = 1)."""
@@ -107,7 +139,7 @@ def test_scan_with_the_gradient_estimator_says_so(models, checkpoints, dataset, 
     assert config["estimator"] == "gradient" and config["estimated"] is True and "gradient" in config["estimator_method"]
     # the stored scores are estimate_remove's, in the engine's layer-major order
     clean, groups, target = prepared(vlm, data)
-    grads = gate_gradients(vlm, clean, target, kl_tokens=8)
+    grads = gate_gradients(vlm, clean, target, kl_tokens=8, groups=groups)  # the saturation fix: the default
     expected = estimate_remove(grads, groups, list(range(vlm.n_layers)), ("dlogp", "dprob", "kl"))
     scores = run.scores[run.scores.sample_id == "q0"]
     for metric, values in expected.items():

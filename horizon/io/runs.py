@@ -88,7 +88,7 @@ HASHED_KEYS = (
 
 
 # Keys hashed only when they differ from the value runs had before the key existed, so older runs keep their hash.
-OPTIONAL_HASHED = {"estimator": "exact", "estimator_method": None, "hybrid": None}
+OPTIONAL_HASHED = {"estimator": "exact", "estimator_method": None, "hybrid": None, "saturation_fix": None}
 
 
 def config_hash(config: dict[str, Any], keys: Sequence[str] = HASHED_KEYS) -> str:

@@ -173,24 +173,43 @@ class Adapter:
         sliding window hides early positions from the last one).
         ``hidden`` is the layer's input (1, n, D).
         """
-        attn = layer.self_attn
         keys, _ = self.key_values(layer, hidden, position_embeddings)  # (1, kv_heads, n, hd)
-        x = layer.input_layernorm(hidden[:, -1:].to(keys.device))
-        query = attn.q_proj(x).view(1, 1, -1, attn.head_dim)
+        cos, sin = position_embeddings
+        query = self.queries(layer, hidden[:, -1:], (cos[:, -1:], sin[:, -1:]))  # (1, heads, 1, hd)
+        mask = None if attention_mask is None else attention_mask[:, :, -1:]  # the last query's row
+        return self.attention_weights(layer, query, keys, mask)[0, :, 0]
+
+    def queries(self, layer: torch.nn.Module, hidden: torch.Tensor,
+                position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Queries (after the q norm where there is one, and RoPE) a decoder layer's attention computes from
+        ``hidden`` (B, n, D); shape (B, heads, n, head_dim). The counterpart of :meth:`key_values`."""
+        attn = layer.self_attn
+        device = execution_device(attn.q_proj)
+        x = layer.input_layernorm(hidden.to(device))
+        query = attn.q_proj(x).view(*x.shape[:-1], -1, attn.head_dim)
         if getattr(attn, "q_norm", None) is not None:
             query = attn.q_norm(query)
-        query = query.transpose(1, 2)  # (1, heads, 1, hd)
-        cos, sin = (t.to(keys.device) for t in position_embeddings)
-        query, _ = self.apply_rotary(query, query, cos[:, -1:], sin[:, -1:])
-        keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # grouped-query heads
-        scores = (query.float() @ keys.float().transpose(-1, -2)) * attn.scaling
+        query = query.transpose(1, 2)
+        cos, sin = (t.to(device) for t in position_embeddings)
+        query, _ = self.apply_rotary(query, query, cos, sin)
+        return query
+
+    def attention_weights(self, layer: torch.nn.Module, queries: torch.Tensor, keys: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 attention weights (B, heads, q, k) of ``queries`` (B, heads, q, hd) over ``keys``
+        (B, kv_heads, k, hd), computed explicitly (sdpa and flash attention never materialise them): the
+        layer's scaling, grouped-query heads, logit softcapping where it has it, and ``attention_mask``
+        (B or 1, 1, q, k; boolean or additive) where one is given."""
+        attn = layer.self_attn
+        keys = keys.to(queries.device).repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
+        scores = (queries.float() @ keys.float().transpose(-1, -2)) * attn.scaling
         cap = getattr(attn, "attn_logit_softcapping", None)  # Gemma-style attention logit softcapping
         if cap is not None:
             scores = torch.tanh(scores / cap) * cap
         if attention_mask is not None:
-            row = attention_mask[0, 0, -1:].to(scores.device)  # (1, n): the last query's row
-            scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
-        return torch.softmax(scores, dim=-1)[0, :, 0]
+            mask = attention_mask.to(scores.device)
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        return torch.softmax(scores, dim=-1)
 
     # -- per-position inputs of the decoder stack ------------------------
     def clean_extras(self, lm_kwargs: dict[str, Any]) -> dict[str, Any]:
