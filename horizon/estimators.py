@@ -60,7 +60,8 @@ def _masks(vlm: VisionLM, clean: CleanPass, dtype: torch.dtype) -> dict[str, tor
 
 
 def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor,
-                   attention_outputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+                   attention_outputs: list[torch.Tensor] | None = None,
+                   logits_out: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Log-probabilities (m, V) at the scored positions with ``gates`` (L, S) added to the attention logits.
 
     ``gates[j, k]`` is ``log a[j, k]``: 0 leaves key k of layer j as it is,
@@ -68,7 +69,8 @@ def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor,
     clean input embeddings (the vision tower ran once, in the clean pass).
     ``attention_outputs``, when given, receives each layer's attention output
     before its output projection, (1, S, heads * head_dim): the heads' outputs,
-    what the saturation correction differentiates against.
+    what the saturation correction differentiates against; ``logits_out`` the
+    (m, V) logits the log-probabilities come from.
     """
     lm, adapter = vlm.language_model, vlm.adapter
     seq = clean.seq_len
@@ -113,8 +115,10 @@ def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor,
         for handle in handles:
             handle.remove()
     hidden = seen["hidden"][0, clean.scored]
-    logits = adapter.scored_logits(lm, vlm.lm_head, hidden)
-    return torch.log_softmax(logits.double(), dim=-1)
+    logits = adapter.scored_logits(lm, vlm.lm_head, hidden).double()
+    if logits_out is not None:
+        logits_out.append(logits)
+    return torch.log_softmax(logits, dim=-1)
 
 
 @dataclass
@@ -130,6 +134,12 @@ class GateGradients:
     # exactly: (L, G) and (K, m, L, G); None without it
     answer_groups: torch.Tensor | None = None
     token_groups: torch.Tensor | None = None
+    # the output side (with the fix): clean log-probabilities (m, V), the tokens whose logits are followed
+    # (m, T: the answer token and the most probable ones) and their logits' first-order changes per layer and
+    # group (m, T, L, G), from which the estimate's output softmax is computed exactly
+    clean_logprobs: torch.Tensor | None = None
+    logit_tokens: torch.Tensor | None = None
+    logit_groups: torch.Tensor | None = None
 
     def suffix(self, grads: torch.Tensor) -> torch.Tensor:
         """Sums over layers j >= l: (..., L, S) -> (..., L, S)."""
@@ -146,8 +156,9 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
     gates = torch.zeros(vlm.n_layers, clean.seq_len, dtype=torch.float64, device=vlm.device, requires_grad=True)
     outputs: list[torch.Tensor] | None = [] if groups is not None else None
     corrector = _Saturation(vlm, clean, groups) if groups is not None else None
+    raw: list[torch.Tensor] = []
     with torch.enable_grad():
-        logp = gated_logprobs(vlm, clean, gates, outputs)  # (m, V)
+        logp = gated_logprobs(vlm, clean, gates, outputs, raw)  # (m, V)
         wrt = [gates, *(outputs or [])]
 
         def backward(value: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -155,8 +166,12 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
             return grad.detach(), corrector(heads) if corrector else None
 
         answer = logp.gather(-1, target.to(logp.device)[:, None]).sum()
-        grad, answer_groups = backward(answer, kl_tokens > 0)
+        grad, answer_groups = backward(answer, kl_tokens > 0 or corrector is not None)
         m = logp.shape[0]
+        logit_tokens = logit_groups = None
+        if corrector is not None:  # the output side: each followed token's logit, one backward pass each
+            logit_tokens, logit_groups = _logit_changes(logp, raw[0], target, max(kl_tokens, OUTPUT_TOKENS),
+                                                        backward, last=kl_tokens == 0)
         token_grads = torch.zeros(kl_tokens, m, *gates.shape, dtype=torch.float64, device=gates.device)
         token_groups = (torch.zeros(kl_tokens, m, vlm.n_layers, len(groups), dtype=torch.float64)
                         if groups is not None else None)
@@ -170,7 +185,47 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
                     if corrected is not None:
                         token_groups[r, i] = corrected
                     probs[r, i] = float(top.values[i, r].exp())
-    return GateGradients(float(answer.detach()), grad, token_grads.cpu(), probs, answer_groups, token_groups)
+    return GateGradients(float(answer.detach()), grad, token_grads.cpu(), probs, answer_groups, token_groups,
+                         logp.detach().cpu() if corrector is not None else None, logit_tokens, logit_groups)
+
+
+OUTPUT_TOKENS = 8  # with the saturation fix: the most probable tokens (and the answer's) whose logits are followed
+
+
+def _logit_changes(logp: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, k: int, backward, last: bool):
+    """The answer token and the ``k`` most probable tokens at each scored position, and the first-order change
+    of their logits (m, T, L, G) when a group leaves a layer's softmax (the saturation-corrected attention
+    change, linearised through the rest of the model). Logits, not log-probabilities: the output softmax is
+    what saturates when p(y) is near 1 (d log p(y) ~ 1 - p(y)), so it is applied exactly afterwards."""
+    m, vocab = logp.shape
+    top = logp.detach().topk(min(k, vocab), dim=-1).indices.cpu()
+    tokens = [list(dict.fromkeys([int(target[i]), *top[i].tolist()]))[: top.shape[1] + 1] for i in range(m)]
+    width = max(len(t) for t in tokens)
+    tokens = torch.tensor([t + [t[-1]] * (width - len(t)) for t in tokens])  # repeat the last to square it
+    changes = []
+    for i in range(m):
+        for r in range(width):
+            keep = not (last and i == m - 1 and r == width - 1)
+            changes.append(-backward(logits[i, tokens[i, r]], keep)[1])  # the corrector gives value - removed
+    return tokens, torch.stack(changes).view(m, width, *changes[0].shape)
+
+
+DOMINANT = 0.5  # a group holding more of a query's attention than this gets its change recomputed directly
+
+
+def _row_logits(vlm: VisionLM, layer, queries: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor,
+                heads: torch.Tensor, rows: torch.Tensor, logw: torch.Tensor) -> torch.Tensor:
+    """Log attention weights of the (head, query) rows given, as the softmax's own log (no underflow): the
+    weights' logits through the same rule as Adapter.attention_weights, normalised with log_softmax."""
+    attn = layer.self_attn  # Adapter.attention_weights's rule, kept in log space
+    keys = keys.to(queries.device).repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)[0]  # (H, S, hd)
+    scores = (queries[0, heads, rows].float()[:, None, :] @ keys[heads].float().transpose(-1, -2)).squeeze(1)
+    scores = scores * attn.scaling
+    cap = getattr(attn, "attn_logit_softcapping", None)
+    if cap is not None:
+        scores = torch.tanh(scores / cap) * cap
+    scores = scores.masked_fill(~allowed[rows].to(scores.device), -torch.inf)
+    return torch.log_softmax(scores, -1)
 
 
 class _Saturation:
@@ -195,8 +250,10 @@ class _Saturation:
         self.keys = sorted({p for g in groups for p in g.positions})  # only the groups' keys enter
         column = {p: i for i, p in enumerate(self.keys)}
         self.member = torch.zeros(len(self.keys), len(groups), dtype=torch.float32, device=vlm.device)
+        self.member_full = torch.zeros(clean.seq_len, len(groups), dtype=torch.float32, device=vlm.device)
         for i, g in enumerate(groups):
             self.member[[column[p] for p in g.positions], i] = 1.0
+            self.member_full[list(g.positions), i] = 1.0
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -216,7 +273,22 @@ class _Saturation:
             values = clean.values[j].to(weights.device).float()
             values = values.repeat_interleave(weights.shape[0] // values.shape[1], dim=1)[0]  # (H, S, hd)
             outputs = weights @ values
-            self.cache[j] = (weights[:, :, self.keys], values[:, self.keys], outputs)
+            on_groups = weights[:, :, self.keys]
+            # Where one group holds most of a query's attention, (m o - u) / (1 - m) cancels catastrophically
+            # (m rounds to 1 in float32 when the group's logits lead by more than ~17): there the output
+            # without the group is recomputed from the weights of the other keys, renormalised in log space.
+            mass = on_groups @ self.member  # (H, S, G)
+            top, dominant = mass.max(-1)
+            heads, rows = torch.nonzero(top > DOMINANT, as_tuple=True)
+            exact = torch.zeros(len(heads), values.shape[-1], dtype=torch.float32, device=weights.device)
+            if len(heads):
+                logw = weights[heads, rows].clamp_min(torch.finfo(torch.float32).tiny).log()  # (n, S)
+                # weights that underflowed to 0 need their logits: recompute those rows' scores exactly
+                logw = _row_logits(vlm, layer, queries, clean.keys[j], allowed, heads, rows, logw)
+                out_of = self.member_full[:, dominant[heads, rows]].T.bool()  # (n, S): the dominant group's keys
+                rest = torch.softmax(logw.masked_fill(out_of, -torch.inf), -1)
+                exact = (rest[:, None, :] @ values[heads]).squeeze(1) - outputs[heads, rows]  # the exact change
+            self.cache[j] = (on_groups, values[:, self.keys], outputs, (heads, rows, dominant[heads, rows], exact))
         return self.cache[j]
 
     @torch.no_grad()
@@ -224,13 +296,15 @@ class _Saturation:
         """(L, G) corrected per-layer estimates from d(score)/d(attention output) of every layer."""
         rows = []
         for j, grad in enumerate(heads):
-            weights, values, outputs = self._layer(j)
+            weights, values, outputs, (h, q, g, exact) = self._layer(j)
             grad = grad[0].float().view(grad.shape[1], weights.shape[0], -1).transpose(0, 1)  # (H, S, hd)
             mass = weights @ self.member  # (H, S, G)
             # <grad, u> and <grad, m o> per (head, query, group)
             linear = ((grad @ values.transpose(-1, -2)) * weights) @ self.member \
                 - mass * (grad * outputs).sum(-1, keepdim=True)
-            rows.append((linear / (1.0 - mass).clamp_min(1e-6)).sum((0, 1)).double().cpu())
+            change = linear / (1.0 - mass).clamp_min(1e-6)
+            change[h, q, g] = -(grad[h, q] * exact).sum(-1)  # dominated queries: the recomputed change
+            rows.append(change.sum((0, 1)).double().cpu())
         return torch.stack(rows)
 
 
@@ -244,6 +318,8 @@ def estimate_remove(grads: GateGradients, groups: Sequence[Group], layers: Seque
     for i, g in enumerate(groups):
         member[i, list(g.positions)] = 1.0
     rows = torch.tensor(list(layers), dtype=torch.long)
+    if grads.logit_groups is not None:
+        return _output_softmax_estimate(grads, rows, metrics)
     if grads.answer_groups is not None:  # the saturation-corrected per-layer estimates, summed over layers >= l
         dlogp = grads.suffix(grads.answer_groups)[rows].flatten()
     else:
@@ -260,4 +336,41 @@ def estimate_remove(grads: GateGradients, groups: Sequence[Group], layers: Seque
         change = (grads.suffix(grads.token_groups)[:, :, rows] if grads.token_groups is not None
                   else grads.suffix(grads.tokens)[:, :, rows] @ member.T)  # (K, m, layers, groups): -d log p_v
         out["kl"] = (0.5 * (grads.token_probs[:, :, None, None] * change**2).sum(0).mean(0)).flatten()
+    return out
+
+
+def _output_softmax_estimate(grads: GateGradients, rows: torch.Tensor, metrics: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The scores of the estimated removal with the output softmax computed exactly: each followed token's logit
+    moves by its first-order change, every other logit stays, and log p, p and KL follow from that softmax."""
+    logp = grads.clean_logprobs.double()  # (m, V)
+    tokens = grads.logit_tokens  # (m, T)
+    change = grads.suffix(grads.logit_groups)[:, :, rows]  # (m, T, layers, G): logit change, removal from l on
+    m, width = tokens.shape
+    followed = logp.gather(-1, tokens)  # (m, T) clean log p of the followed tokens (logits up to a shift)
+    unique = torch.zeros_like(logp, dtype=torch.bool).scatter_(-1, tokens, True)
+    rest = torch.where(unique, -torch.inf, logp).logsumexp(-1)  # (m,) log of the mass left alone
+    first = torch.zeros(m, width, dtype=torch.bool)
+    for i in range(m):  # a token repeated to square the table counts once
+        seen: set[int] = set()
+        for r in range(width):
+            first[i, r] = int(tokens[i, r]) not in seen
+            seen.add(int(tokens[i, r]))
+    moved = followed[:, :, None, None] + change  # (m, T, layers, G) new log-weights of the followed tokens
+    weights = torch.where(first[:, :, None, None], moved, -torch.inf)
+    norm = torch.logaddexp(rest[:, None, None], weights.logsumexp(1))  # (m, layers, G): new log-partition
+    new_answer = moved[:, 0] - norm  # the answer token is first at every position
+    out = {}
+    clean_answer = followed[:, 0].sum()
+    ablated = new_answer.sum(0)  # (layers, G)
+    if "dlogp" in metrics:
+        out["dlogp"] = (clean_answer - ablated).flatten()
+    if "dprob" in metrics:
+        out["dprob"] = (clean_answer.exp() - ablated.exp()).flatten()
+    if "kl" in metrics:
+        # KL(p || q) = sum_v p_v (log p_v - log q_v): the followed tokens' own terms, and for the rest
+        # log q_v = log p_v - norm, a shift by the new log-partition
+        p = followed.exp()[:, :, None, None] * first[:, :, None, None]
+        term = (p * (followed[:, :, None, None] - (moved - norm[:, None]))).sum(1)
+        term = term + rest.exp()[:, None, None] * norm
+        out["kl"] = term.clamp_min(0.0).mean(0).flatten()
     return out

@@ -112,6 +112,31 @@ def test_saturation_fix_is_the_exact_attention_change_linearised_after_it(models
         assert torch.allclose(grads.answer_groups[:, 0], plain, rtol=0.5, atol=1e-3)  # ... a little, unsaturated
 
 
+def test_the_output_softmax_of_the_estimate_is_computed_exactly(models, dataset):
+    """With the fix, scores come from the clean logits moved by the followed tokens' estimated changes: checked
+    against log_softmax of the whole moved logit vector, computed here directly for every (layer, group)."""
+    vlm = models["llava"]
+    clean, groups, target = prepared(vlm, dataset("llava", 1))
+    grads = gate_gradients(vlm, clean, target, kl_tokens=4, groups=groups)
+    layers = list(range(vlm.n_layers))
+    got = estimate_remove(grads, groups, layers, ("dlogp", "dprob", "kl"))
+    logp = grads.clean_logprobs.double()
+    tokens = grads.logit_tokens
+    assert int(tokens[0, 0]) == int(target[0]) and len(set(tokens[0].tolist())) >= 5  # the answer and the top 4
+    changes = grads.logit_groups.flip(2).cumsum(2).flip(2)  # (m, T, L, G): removal from layer l on
+    for li in layers:
+        for gi in range(len(groups)):
+            moved = logp.clone()
+            for r in range(tokens.shape[1]):
+                moved[0, tokens[0, r]] = logp[0, tokens[0, r]] + changes[0, r, li, gi]  # repeats write the same
+            q = torch.log_softmax(moved, -1)
+            i = li * len(groups) + gi
+            assert float(got["dlogp"][i]) == pytest.approx(float(logp[0, target[0]] - q[0, target[0]]), abs=1e-9)
+            assert float(got["dprob"][i]) == pytest.approx(float(logp[0, target[0]].exp() - q[0, target[0]].exp()),
+                                                           abs=1e-9)
+            assert float(got["kl"][i]) == pytest.approx(float(kl_divergence(logp[None], q[None])[0]), abs=1e-9)
+
+
 def test_kl_second_order_matches_the_exact_kl_of_a_small_step(models, dataset):
     """With every token in the sum, 1/2 sum_v p_v (d log p_v)^2 is KL's second-order term: a step of the gates by
     -eps gives KL ~ eps^2 times the estimate (the estimate is the full step, eps = 1)."""
