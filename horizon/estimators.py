@@ -140,6 +140,8 @@ class GateGradients:
     clean_logprobs: torch.Tensor | None = None
     logit_tokens: torch.Tensor | None = None
     logit_groups: torch.Tensor | None = None
+    # per scored position, the corrected first-order change of log p(y_i) (value - removed): (m, L, G)
+    position_groups: torch.Tensor | None = None
 
     def suffix(self, grads: torch.Tensor) -> torch.Tensor:
         """Sums over layers j >= l: (..., L, S) -> (..., L, S)."""
@@ -165,10 +167,18 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
             grad, *heads = torch.autograd.grad(value, wrt, retain_graph=keep)
             return grad.detach(), corrector(heads) if corrector else None
 
-        answer = logp.gather(-1, target.to(logp.device)[:, None]).sum()
-        grad, answer_groups = backward(answer, kl_tokens > 0 or corrector is not None)
+        per_position = logp.gather(-1, target.to(logp.device)[:, None])[:, 0]
+        answer = per_position.sum()
         m = logp.shape[0]
-        logit_tokens = logit_groups = None
+        logit_tokens = logit_groups = position_groups = None
+        if corrector is None or m == 1:
+            grad, answer_groups = backward(answer, kl_tokens > 0 or corrector is not None)
+            position_groups = None if answer_groups is None else answer_groups[None]
+        else:  # each position's log p(y_i) on its own: the output softmax is per position
+            parts = [backward(per_position[i], True) for i in range(m)]
+            grad = sum(g for g, _ in parts)
+            position_groups = torch.stack([c for _, c in parts])
+            answer_groups = position_groups.sum(0)
         if corrector is not None:  # the output side: each followed token's logit, one backward pass each
             logit_tokens, logit_groups = _logit_changes(logp, raw[0], target, max(kl_tokens, OUTPUT_TOKENS),
                                                         backward, last=kl_tokens == 0)
@@ -186,7 +196,8 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
                         token_groups[r, i] = corrected
                     probs[r, i] = float(top.values[i, r].exp())
     return GateGradients(float(answer.detach()), grad, token_grads.cpu(), probs, answer_groups, token_groups,
-                         logp.detach().cpu() if corrector is not None else None, logit_tokens, logit_groups)
+                         logp.detach().cpu() if corrector is not None else None, logit_tokens, logit_groups,
+                         position_groups)
 
 
 OUTPUT_TOKENS = 8  # with the saturation fix: the most probable tokens (and the answer's) whose logits are followed
@@ -357,7 +368,17 @@ def _output_softmax_estimate(grads: GateGradients, rows: torch.Tensor, metrics: 
             seen.add(int(tokens[i, r]))
     moved = followed[:, :, None, None] + change  # (m, T, layers, G) new log-weights of the followed tokens
     weights = torch.where(first[:, :, None, None], moved, -torch.inf)
-    norm = torch.logaddexp(rest[:, None, None], weights.logsumexp(1))  # (m, layers, G): new log-partition
+    # The other tokens' logits move too. Their mean move (weighted by p) is known to first order without
+    # following them: the linear change of log p(y) is z_y's change less sum_v p_v (z_v's change), so
+    # sum over the rest of p_v dz_v = dz_y - dlog p(y) - sum over the followed of p_v dz_v. The rest's mass
+    # moves by that mean (in log space), which keeps the estimate exact to first order for any number of
+    # followed tokens.
+    p_followed = (followed.exp() * first)[:, :, None, None]
+    linear = -grads.suffix(grads.position_groups)[:, rows]  # (m, layers, G): first-order d log p(y_i)
+    rest_mass = rest.exp()[:, None, None]
+    shift = (change[:, 0] - linear - (p_followed * change).sum(1)) / rest_mass.clamp_min(1e-300)
+    shift = torch.where(rest_mass > 0, shift, torch.zeros_like(shift))
+    norm = torch.logaddexp(rest[:, None, None] + shift, weights.logsumexp(1))  # (m, layers, G): log-partition
     new_answer = moved[:, 0] - norm  # the answer token is first at every position
     out = {}
     clean_answer = followed[:, 0].sum()
@@ -369,8 +390,7 @@ def _output_softmax_estimate(grads: GateGradients, rows: torch.Tensor, metrics: 
     if "kl" in metrics:
         # KL(p || q) = sum_v p_v (log p_v - log q_v): the followed tokens' own terms, and for the rest
         # log q_v = log p_v - norm, a shift by the new log-partition
-        p = followed.exp()[:, :, None, None] * first[:, :, None, None]
-        term = (p * (followed[:, :, None, None] - (moved - norm[:, None]))).sum(1)
-        term = term + rest.exp()[:, None, None] * norm
+        term = (p_followed * (followed[:, :, None, None] - (moved - norm[:, None]))).sum(1)
+        term = term + rest_mass * (norm - shift)  # the rest: log q_v = log p_v + shift - norm
         out["kl"] = term.clamp_min(0.0).mean(0).flatten()
     return out

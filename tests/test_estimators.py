@@ -124,9 +124,18 @@ def test_the_output_softmax_of_the_estimate_is_computed_exactly(models, dataset)
     tokens = grads.logit_tokens
     assert int(tokens[0, 0]) == int(target[0]) and len(set(tokens[0].tolist())) >= 5  # the answer and the top 4
     changes = grads.logit_groups.flip(2).cumsum(2).flip(2)  # (m, T, L, G): removal from layer l on
+    linear = -grads.position_groups.flip(1).cumsum(1).flip(1)  # (m, L, G): first-order d log p(y)
+    followed = torch.zeros(logp.shape[-1], dtype=torch.bool)
+    followed[tokens[0]] = True
+    p = logp[0].exp()
     for li in layers:
         for gi in range(len(groups)):
+            # the other tokens all move by the p-weighted mean move that first order leaves them
+            dz = torch.zeros(logp.shape[-1], dtype=torch.float64)
+            dz[tokens[0]] = changes[0, :, li, gi]
+            mean = (changes[0, 0, li, gi] - linear[0, li, gi] - (p * dz).sum()) / p[~followed].sum()
             moved = logp.clone()
+            moved[0, ~followed] += mean
             for r in range(tokens.shape[1]):
                 moved[0, tokens[0, r]] = logp[0, tokens[0, r]] + changes[0, r, li, gi]  # repeats write the same
             q = torch.log_softmax(moved, -1)
