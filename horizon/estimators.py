@@ -45,6 +45,7 @@ from .models.adapter import additive_mask
 
 ESTIMATORS = ("exact", "gradient", "hybrid")
 GRADIENT_METRICS = ("dlogp", "dprob", "kl")
+KEEP_METRICS = ("gain_logp", "gain_prob", "keep_prob")
 KL_TOKENS = 8
 
 
@@ -61,7 +62,8 @@ def _masks(vlm: VisionLM, clean: CleanPass, dtype: torch.dtype) -> dict[str, tor
 
 def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor,
                    attention_outputs: list[torch.Tensor] | None = None,
-                   logits_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+                   logits_out: list[torch.Tensor] | None = None,
+                   layer_inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Log-probabilities (m, V) at the scored positions with ``gates`` (L, S) added to the attention logits.
 
     ``gates[j, k]`` is ``log a[j, k]``: 0 leaves key k of layer j as it is,
@@ -70,7 +72,8 @@ def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor,
     ``attention_outputs``, when given, receives each layer's attention output
     before its output projection, (1, S, heads * head_dim): the heads' outputs,
     what the saturation correction differentiates against; ``logits_out`` the
-    (m, V) logits the log-probabilities come from.
+    (m, V) logits the log-probabilities come from; ``layer_inputs`` the hidden
+    state entering every decoder layer, (1, S, D).
     """
     lm, adapter = vlm.language_model, vlm.adapter
     seq = clean.seq_len
@@ -88,6 +91,8 @@ def gated_logprobs(vlm: VisionLM, clean: CleanPass, gates: torch.Tensor,
             if not isinstance(mask, torch.Tensor):
                 raise HorizonError("the gradient estimator needs an additive attention mask per layer; load the "
                                    "model with attn_implementation='sdpa' or 'eager'")
+            if layer_inputs is not None:
+                layer_inputs.append(args[0] if args else kwargs["hidden_states"])
             g = gates[j].to(device=mask.device, dtype=mask.dtype)
             kwargs["attention_mask"] = mask + torch.maximum(g, torch.tensor(torch.finfo(mask.dtype).min,
                                                                               device=mask.device))[None, None, None, :]
@@ -228,15 +233,21 @@ def _row_logits(vlm: VisionLM, layer, queries: torch.Tensor, keys: torch.Tensor,
                 heads: torch.Tensor, rows: torch.Tensor, logw: torch.Tensor) -> torch.Tensor:
     """Log attention weights of the (head, query) rows given, as the softmax's own log (no underflow): the
     weights' logits through the same rule as Adapter.attention_weights, normalised with log_softmax."""
-    attn = layer.self_attn  # Adapter.attention_weights's rule, kept in log space
     keys = keys.to(queries.device).repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)[0]  # (H, S, hd)
-    scores = (queries[0, heads, rows].float()[:, None, :] @ keys[heads].float().transpose(-1, -2)).squeeze(1)
-    scores = scores * attn.scaling
+    scores = _scores(layer, queries[0, heads, rows][:, None, :], keys[heads]).squeeze(1)
+    scores = scores.masked_fill(~allowed[rows].to(scores.device), -torch.inf)
+    return torch.log_softmax(scores, -1)
+
+
+def _scores(layer, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Float32 attention logits of ``queries`` (..., q, hd) over ``keys`` (..., k, hd): Adapter.attention_weights's
+    rule (scaling, softcapping) before its softmax, for the log-space computations that need the logits."""
+    attn = layer.self_attn
+    scores = (queries.float() @ keys.float().transpose(-1, -2)) * attn.scaling
     cap = getattr(attn, "attn_logit_softcapping", None)
     if cap is not None:
         scores = torch.tanh(scores / cap) * cap
-    scores = scores.masked_fill(~allowed[rows].to(scores.device), -torch.inf)
-    return torch.log_softmax(scores, -1)
+    return scores
 
 
 class _Saturation:
@@ -394,3 +405,128 @@ def _output_softmax_estimate(grads: GateGradients, rows: torch.Tensor, metrics: 
         term = term + rest_mass * (norm - shift)  # the rest: log q_v = log p_v + shift - norm
         out["kl"] = term.clamp_min(0.0).mean(0).flatten()
     return out
+
+
+# ------------------------------------------------------------------------------------------ keep protocol
+
+
+class _Opening:
+    """Per layer j >= l and group g: the exact change of layer j's attention output when g's keys join its
+    softmax at the keep protocol's base point (every visual key closed from layer l on), against a gradient.
+
+    With ``L_r`` the log-sum of the query's weights over the keys it keeps (no visual one) and ``L_g`` that over
+    g's keys, the softmax with g back has normaliser ``N = log(e^L_r + e^L_g)``: g's keys get weights
+    ``e^(s_k - N)`` and the rest is scaled by ``e^(L_r - N)``, all in log space (no saturation issue: a
+    query that would attend only to g gets exactly that).
+    """
+
+    def __init__(self, vlm: VisionLM, clean: CleanPass, groups: Sequence[Group], inputs: list[torch.Tensor],
+                 outputs: list[torch.Tensor], start: int):
+        self.vlm, self.clean, self.start = vlm, clean, start
+        self.keys = sorted({p for g in groups for p in g.positions})
+        column = {p: i for i, p in enumerate(self.keys)}
+        self.member = torch.zeros(len(self.keys), len(groups), dtype=torch.float32, device=vlm.device)
+        self.group_of = torch.zeros(len(self.keys), dtype=torch.long, device=vlm.device)
+        for i, g in enumerate(groups):
+            self.member[[column[p] for p in g.positions], i] = 1.0
+            self.group_of[[column[p] for p in g.positions]] = i
+        self.inputs, self.outputs = inputs, outputs
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def _layer(self, j: int):
+        if j not in self.cache:
+            vlm, clean = self.vlm, self.clean
+            layer = vlm.adapter.decoder_layers(vlm.language_model)[j]
+            kind = vlm.adapter.layer_types(vlm.language_model)[j]
+            cos, sin = clean.rotary[kind]
+            hidden = self.inputs[j].detach()
+            queries = vlm.adapter.queries(layer, hidden, (cos[None], sin[None]))[0]  # (H, S, hd)
+            keys, values = vlm.adapter.key_values(layer, hidden, (cos[None], sin[None]))
+            heads = queries.shape[0]
+            keys = keys.to(queries.device).repeat_interleave(heads // keys.shape[1], dim=1)[0]
+            values = values.to(queries.device).float().repeat_interleave(heads // values.shape[1], dim=1)[0]
+            positions = torch.arange(clean.seq_len, device=queries.device)
+            allowed = vlm.adapter.attends(clean.layout, kind, positions[:, None], positions[None, :])
+            scores = _scores(layer, queries, keys).masked_fill(~allowed, -torch.inf)  # (H, S, S)
+            visual = torch.zeros(clean.seq_len, dtype=torch.bool, device=queries.device)
+            visual[self.keys] = True
+            rest = scores.masked_fill(visual, -torch.inf).logsumexp(-1)  # (H, S): L_r
+            on_groups = scores[:, :, self.keys]  # (H, S, n)
+            top = on_groups.max(-1, keepdim=True).values.clamp_min(torch.finfo(torch.float32).min)
+            per_group = top + ((on_groups - top).exp() @ self.member).log()  # (H, S, G): L_g (-inf: none seen)
+            norm = torch.logaddexp(rest[..., None], per_group)  # (H, S, G): N
+            weights = (on_groups - norm[:, :, self.group_of]).exp()  # (H, S, n): each key's weight with its group
+            scale = torch.expm1(rest[..., None] - norm)  # (H, S, G): how the kept keys' share changes
+            self.cache[j] = (weights, values[:, self.keys], scale, self.outputs[j][0].detach().float())
+        return self.cache[j]
+
+    @torch.no_grad()
+    def __call__(self, heads: list[torch.Tensor]) -> torch.Tensor:
+        """(L, G): per layer, the first-order change of the differentiated value when g joins layer j's softmax
+        (zero below the base point's first layer)."""
+        rows = []
+        for j, grad in enumerate(heads):
+            if j < self.start:
+                rows.append(torch.zeros(self.member.shape[1], dtype=torch.float64))
+                continue
+            weights, values, scale, output = self._layer(j)
+            grad = grad[0].float().view(grad.shape[1], weights.shape[0], -1).transpose(0, 1)  # (H, S, hd)
+            output = output.view(output.shape[0], weights.shape[0], -1).transpose(0, 1)
+            joined = ((grad @ values.transpose(-1, -2)) * weights) @ self.member  # <grad, g's new share>
+            kept = scale * (grad * output).sum(-1, keepdim=True)  # <grad, the kept keys' rescaled share>
+            rows.append((joined + kept).sum((0, 1)).double().cpu())
+        return torch.stack(rows)
+
+
+def estimate_keep(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, groups: Sequence[Group],
+                  layers: Sequence[int], metrics: Sequence[str], tokens: int = OUTPUT_TOKENS) -> dict[str, torch.Tensor]:
+    """Estimated keep-protocol scores, one per (layer, group) in layer-major order (as the engine's ablations).
+
+    For each scanned layer l the base point is the engine's "none": every
+    visual key closed from layer l on (one forward pass). Keeping group g
+    opens g's keys in layers l..L-1: each layer's attention change is exact
+    (:class:`_Opening`), carried to the logits of the answer and the ``tokens``
+    most probable tokens of the base distribution linearly (one backward
+    pass each, plus one per scored position for the rest's first-order move),
+    and the output softmax is computed exactly from them.
+    """
+    bad = [m for m in metrics if m not in KEEP_METRICS]
+    if bad:
+        raise HorizonError(f"the gradient estimator has no keep estimate of {', '.join(bad)}")
+    visual = sorted({p for g in groups for p in g.positions})
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in metrics}
+    for layer in layers:
+        gates = torch.zeros(vlm.n_layers, clean.seq_len, dtype=torch.float64, device=vlm.device)
+        gates[layer:, visual] = -torch.inf
+        gates.requires_grad_(True)
+        outputs: list[torch.Tensor] = []
+        raw: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+        with torch.enable_grad():
+            logp = gated_logprobs(vlm, clean, gates, outputs, raw, inputs)
+            opening = _Opening(vlm, clean, groups, inputs, outputs, layer)
+
+            def backward(value: torch.Tensor, keep: bool) -> tuple[None, torch.Tensor]:
+                heads = torch.autograd.grad(value, outputs, retain_graph=keep)
+                return None, -opening(list(heads))  # the remove convention: value - changed
+
+            m = logp.shape[0]
+            per_position = logp.gather(-1, target.to(logp.device)[:, None])[:, 0]
+            position_groups = torch.stack([backward(per_position[i], True)[1] for i in range(m)])
+            logit_tokens, logit_groups = _logit_changes(logp, raw[0], target, tokens, backward, last=True)
+        grads = GateGradients(float(per_position.sum().detach()), torch.zeros(0), torch.zeros(0), torch.zeros(0),
+                              clean_logprobs=logp.detach().cpu(), logit_tokens=logit_tokens,
+                              logit_groups=logit_groups, position_groups=position_groups)
+        # the layers the base point opens from: every later layer adds its change (suffix from `layer`)
+        remove = _output_softmax_estimate(grads, torch.tensor([layer]), ("dlogp",))
+        # _output_softmax_estimate reports base - changed log p(y); here the change is the keep
+        base = float(per_position.sum().detach())
+        keep = base - remove["dlogp"]  # (G,) log p(y) with g kept from `layer` on
+        if "gain_logp" in metrics:
+            out["gain_logp"].append(keep - base)
+        if "gain_prob" in metrics:
+            out["gain_prob"].append(keep.exp() - torch.tensor(base, dtype=torch.float64).exp())
+        if "keep_prob" in metrics:
+            out["keep_prob"].append(keep.exp())
+    return {m: torch.cat(v) for m, v in out.items()}

@@ -30,7 +30,7 @@ from .ablation import (Ablation, auto_batch_size, clean_pass, ensure_maskable_at
 from .data import Sample, as_samples
 from .decoding import DECODING_RULES, Decoding
 from .errors import HorizonError, SampleError
-from .estimators import ESTIMATORS, KL_TOKENS, estimate_remove, gate_gradients
+from .estimators import ESTIMATORS, KL_TOKENS, estimate_keep, estimate_remove, gate_gradients
 from .groups import Group, ImageGrid, tile
 from .models import VisionLM, load, refuse_extra_images
 from .options import check_out_folder, check_run_options
@@ -84,9 +84,9 @@ class ScanConfig:
         if self.estimator not in ESTIMATORS:
             raise HorizonError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if self.estimator in ("gradient", "hybrid"):
-            if self.protocol != "remove":
-                raise HorizonError(f"--estimator {self.estimator} estimates the remove protocol only (the keep protocol's "
-                                   "estimate is not built yet); use --protocol remove or --estimator exact")
+            if self.protocol == "keep" and not self.saturation_fix:
+                raise HorizonError("--no-saturation-fix: the keep protocol's estimate has one form (each layer's "
+                                   "softmax with the group back computed exactly); leave the option out")
             if self.kl_tokens < 1:
                 raise HorizonError(f"--kl-tokens must be positive, got {self.kl_tokens}")
 
@@ -399,10 +399,14 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     estimated = None  # (estimates, which rows are measured exactly) for the gradient and hybrid estimators
     if cfg.estimator in ("gradient", "hybrid"):
         # one forward and backward pass (plus one backward per KL token) instead of one pass per ablation
-        grads = gate_gradients(vlm, clean, target, cfg.kl_tokens if "kl" in cfg.metrics else 0,
-                               groups if cfg.saturation_fix else None)
-        estimates = {m: v.float().numpy() for m, v in estimate_remove(grads, groups, layers, cfg.metrics).items()}
-        deciding = "dlogp" if "dlogp" in estimates else next(iter(estimates))
+        if cfg.protocol == "keep":  # one forward pass per scanned layer (its base point), backward passes each
+            estimate = estimate_keep(vlm, clean, target, groups, layers, cfg.metrics, max(cfg.kl_tokens, 8))
+        else:
+            grads = gate_gradients(vlm, clean, target, cfg.kl_tokens if "kl" in cfg.metrics else 0,
+                                   groups if cfg.saturation_fix else None)
+            estimate = estimate_remove(grads, groups, layers, cfg.metrics)
+        estimates = {m: v.float().numpy() for m, v in estimate.items()}
+        deciding = next((m for m in ("dlogp", "gain_logp") if m in estimates), next(iter(estimates)))
         measured = (hybrid_plan(estimates[deciding].reshape(len(layers), len(groups)), cfg.hybrid_margin,
                                 cfg.hybrid_top).flatten() if cfg.estimator == "hybrid"
                     else np.zeros(len(layers) * len(groups), dtype=bool))
