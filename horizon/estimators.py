@@ -206,6 +206,7 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
 
 
 OUTPUT_TOKENS = 8  # with the saturation fix: the most probable tokens (and the answer's) whose logits are followed
+KEEP_TOKENS = 1  # the keep estimate, once per scanned layer: the answer's and the top token's logits
 
 
 def _logit_changes(logp: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, k: int, backward, last: bool):

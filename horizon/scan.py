@@ -30,7 +30,7 @@ from .ablation import (Ablation, auto_batch_size, clean_pass, ensure_maskable_at
 from .data import Sample, as_samples
 from .decoding import DECODING_RULES, Decoding
 from .errors import HorizonError, SampleError
-from .estimators import ESTIMATORS, KL_TOKENS, estimate_keep, estimate_remove, gate_gradients
+from .estimators import ESTIMATORS, KEEP_TOKENS, KL_TOKENS, estimate_keep, estimate_remove, gate_gradients
 from .groups import Group, ImageGrid, tile
 from .models import VisionLM, load, refuse_extra_images
 from .options import check_out_folder, check_run_options
@@ -400,7 +400,7 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
     if cfg.estimator in ("gradient", "hybrid"):
         # one forward and backward pass (plus one backward per KL token) instead of one pass per ablation
         if cfg.protocol == "keep":  # one forward pass per scanned layer (its base point), backward passes each
-            estimate = estimate_keep(vlm, clean, target, groups, layers, cfg.metrics, max(cfg.kl_tokens, 8))
+            estimate = estimate_keep(vlm, clean, target, groups, layers, cfg.metrics, KEEP_TOKENS)
         else:
             grads = gate_gradients(vlm, clean, target, cfg.kl_tokens if "kl" in cfg.metrics else 0,
                                    groups if cfg.saturation_fix else None)
