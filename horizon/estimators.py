@@ -481,7 +481,7 @@ class _Opening:
 
 
 def estimate_keep(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, groups: Sequence[Group],
-                  layers: Sequence[int], metrics: Sequence[str], tokens: int = OUTPUT_TOKENS) -> dict[str, torch.Tensor]:
+                  layers: Sequence[int], metrics: Sequence[str], tokens: int = KEEP_TOKENS) -> dict[str, torch.Tensor]:
     """Estimated keep-protocol scores, one per (layer, group) in layer-major order (as the engine's ablations).
 
     For each scanned layer l the base point is the engine's "none": every
