@@ -28,6 +28,16 @@ first-order change of token v's log-probability, computed for the K most
 probable tokens (one backward pass each; K = ``kl_tokens``, 8 by default) and
 summed over them: the mass outside the top K is left out, so the estimate is
 a lower bound of the second-order term.
+
+Saturation (AtP*-style, ``gate_gradients(..., groups=...)``, scan's default).
+The first-order estimate linearises two softmaxes that saturate: a query
+attending almost only to the group, and the output when p(y) is near 1.
+:class:`_Saturation` computes each layer's attention output without the group
+exactly and :func:`_output_softmax_estimate` the output softmax, linearising
+only the layers in between (through the logits of the answer and its rivals).
+
+Keep protocol (:func:`estimate_keep`): the same, from the engine's "none" base
+point of each scanned layer, with the group's keys opened (:class:`_Opening`).
 """
 
 from __future__ import annotations
