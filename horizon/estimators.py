@@ -167,8 +167,8 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
                    groups: Sequence[Group] | None = None) -> GateGradients:
     """One forward pass with open gates, one backward pass for the answer, ``kl_tokens`` more for KL's tokens.
 
-    Given ``groups``, also the saturation-corrected per-layer group estimates (:func:`saturation_corrected`),
-    from the same backward passes.
+    Given ``groups``, also the saturation-corrected per-layer group estimates (:class:`_Saturation`) and the
+    followed logits' changes (:func:`_logit_changes`), from the same backward passes.
     """
     gates = torch.zeros(vlm.n_layers, clean.seq_len, dtype=torch.float64, device=vlm.device, requires_grad=True)
     outputs: list[torch.Tensor] | None = [] if groups is not None else None
@@ -240,8 +240,36 @@ def _logit_changes(logp: torch.Tensor, logits: torch.Tensor, target: torch.Tenso
 DOMINANT = 0.5  # a group holding more of a query's attention than this gets its change recomputed directly
 
 
-def _row_logits(vlm: VisionLM, layer, queries: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor,
-                heads: torch.Tensor, rows: torch.Tensor, logw: torch.Tensor) -> torch.Tensor:
+def _membership(groups: Sequence[Group], seq_len: int, device: torch.device):
+    """The groups' keys (sorted positions), which group each belongs to, and two 0/1 membership matrices: over
+    those keys (n, G) and over every position (S, G). The groups partition their keys (tile's windows)."""
+    keys = sorted({p for g in groups for p in g.positions})
+    column = {p: i for i, p in enumerate(keys)}
+    member = torch.zeros(len(keys), len(groups), dtype=torch.float32, device=device)
+    full = torch.zeros(seq_len, len(groups), dtype=torch.float32, device=device)
+    group_of = torch.zeros(len(keys), dtype=torch.long, device=device)
+    for i, g in enumerate(groups):
+        member[[column[p] for p in g.positions], i] = 1.0
+        full[list(g.positions), i] = 1.0
+        group_of[[column[p] for p in g.positions]] = i
+    return keys, group_of, member, full
+
+
+def _layer_queries(vlm: VisionLM, clean: CleanPass, j: int, hidden: torch.Tensor):
+    """Layer j's module, its rotary (cos, sin) with a batch axis, the queries (1, H, S, hd) it computes from
+    ``hidden`` (1, S, D), and which key each query may attend to (S, S), by the adapter's rule."""
+    layer = vlm.adapter.decoder_layers(vlm.language_model)[j]
+    kind = vlm.adapter.layer_types(vlm.language_model)[j]
+    cos, sin = clean.rotary[kind]
+    rotary = (cos[None], sin[None])
+    queries = vlm.adapter.queries(layer, hidden, rotary)
+    positions = torch.arange(clean.seq_len, device=queries.device)
+    allowed = vlm.adapter.attends(clean.layout, kind, positions[:, None], positions[None, :])
+    return layer, rotary, queries, allowed
+
+
+def _row_logits(layer, queries: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor,
+                heads: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Log attention weights of the (head, query) rows given, as the softmax's own log (no underflow): the
     weights' logits through the same rule as Adapter.attention_weights, normalised with log_softmax."""
     keys = keys.to(queries.device).repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)[0]  # (H, S, hd)
@@ -280,28 +308,19 @@ class _Saturation:
 
     def __init__(self, vlm: VisionLM, clean: CleanPass, groups: Sequence[Group]):
         self.vlm, self.clean = vlm, clean
-        self.keys = sorted({p for g in groups for p in g.positions})  # only the groups' keys enter
-        column = {p: i for i, p in enumerate(self.keys)}
-        self.member = torch.zeros(len(self.keys), len(groups), dtype=torch.float32, device=vlm.device)
-        self.member_full = torch.zeros(clean.seq_len, len(groups), dtype=torch.float32, device=vlm.device)
-        for i, g in enumerate(groups):
-            self.member[[column[p] for p in g.positions], i] = 1.0
-            self.member_full[list(g.positions), i] = 1.0
-        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # only the groups' keys enter
+        self.keys, _, self.member, self.member_full = _membership(groups, clean.seq_len, vlm.device)
+        self.cache: dict[int, tuple] = {}
 
     @torch.no_grad()
-    def _layer(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Layer j's (weights on the groups' keys (H, S, n), their values (H, n, hd), outputs (H, S, hd))."""
+    def _layer(self, j: int) -> tuple:
+        """Layer j's weights on the groups' keys (H, S, n), their values (H, n, hd), the outputs (H, S, hd), the
+        groups' attention mass (H, S, G), and the dominated (head, query, group) with their recomputed change."""
         if j not in self.cache:
             vlm, clean = self.vlm, self.clean
-            layer = vlm.adapter.decoder_layers(vlm.language_model)[j]
-            kind = vlm.adapter.layer_types(vlm.language_model)[j]
             hidden = clean.layer_inputs[j]
             hidden = hidden if hidden.dim() == 3 else hidden[None]
-            cos, sin = clean.rotary[kind]
-            queries = vlm.adapter.queries(layer, hidden, (cos[None], sin[None]))
-            positions = torch.arange(clean.seq_len, device=queries.device)
-            allowed = vlm.adapter.attends(clean.layout, kind, positions[:, None], positions[None, :])
+            layer, _, queries, allowed = _layer_queries(vlm, clean, j, hidden)
             weights = vlm.adapter.attention_weights(layer, queries, clean.keys[j], allowed[None, None])[0]
             values = clean.values[j].to(weights.device).float()
             values = values.repeat_interleave(weights.shape[0] // values.shape[1], dim=1)[0]  # (H, S, hd)
@@ -315,13 +334,13 @@ class _Saturation:
             heads, rows = torch.nonzero(top > DOMINANT, as_tuple=True)
             exact = torch.zeros(len(heads), values.shape[-1], dtype=torch.float32, device=weights.device)
             if len(heads):
-                logw = weights[heads, rows].clamp_min(torch.finfo(torch.float32).tiny).log()  # (n, S)
-                # weights that underflowed to 0 need their logits: recompute those rows' scores exactly
-                logw = _row_logits(vlm, layer, queries, clean.keys[j], allowed, heads, rows, logw)
+                # from the rows' logits, not their weights: weights of the other keys may underflow to 0
+                logw = _row_logits(layer, queries, clean.keys[j], allowed, heads, rows)  # (n, S)
                 out_of = self.member_full[:, dominant[heads, rows]].T.bool()  # (n, S): the dominant group's keys
                 rest = torch.softmax(logw.masked_fill(out_of, -torch.inf), -1)
                 exact = (rest[:, None, :] @ values[heads]).squeeze(1) - outputs[heads, rows]  # the exact change
-            self.cache[j] = (on_groups, values[:, self.keys], outputs, (heads, rows, dominant[heads, rows], exact))
+            self.cache[j] = (on_groups, values[:, self.keys], outputs, mass,
+                             (heads, rows, dominant[heads, rows], exact))
         return self.cache[j]
 
     @torch.no_grad()
@@ -329,9 +348,8 @@ class _Saturation:
         """(L, G) corrected per-layer estimates from d(score)/d(attention output) of every layer."""
         rows = []
         for j, grad in enumerate(heads):
-            weights, values, outputs, (h, q, g, exact) = self._layer(j)
+            weights, values, outputs, mass, (h, q, g, exact) = self._layer(j)
             grad = grad[0].float().view(grad.shape[1], weights.shape[0], -1).transpose(0, 1)  # (H, S, hd)
-            mass = weights @ self.member  # (H, S, G)
             # <grad, u> and <grad, m o> per (head, query, group)
             linear = ((grad @ values.transpose(-1, -2)) * weights) @ self.member \
                 - mass * (grad * outputs).sum(-1, keepdim=True)
@@ -347,12 +365,12 @@ def estimate_remove(grads: GateGradients, groups: Sequence[Group], layers: Seque
     bad = [m for m in metrics if m not in GRADIENT_METRICS]
     if bad:
         raise HorizonError(f"the gradient estimator has no estimate of {', '.join(bad)}")
-    member = torch.zeros(len(groups), grads.answer.shape[-1], dtype=torch.float64)
-    for i, g in enumerate(groups):
-        member[i, list(g.positions)] = 1.0
     rows = torch.tensor(list(layers), dtype=torch.long)
     if grads.logit_groups is not None:
         return _output_softmax_estimate(grads, rows, metrics)
+    member = torch.zeros(len(groups), grads.answer.shape[-1], dtype=torch.float64)
+    for i, g in enumerate(groups):
+        member[i, list(g.positions)] = 1.0
     if grads.answer_groups is not None:  # the saturation-corrected per-layer estimates, summed over layers >= l
         dlogp = grads.suffix(grads.answer_groups)[rows].flatten()
     else:
@@ -434,13 +452,7 @@ class _Opening:
     def __init__(self, vlm: VisionLM, clean: CleanPass, groups: Sequence[Group], inputs: list[torch.Tensor],
                  outputs: list[torch.Tensor], start: int):
         self.vlm, self.clean, self.start = vlm, clean, start
-        self.keys = sorted({p for g in groups for p in g.positions})
-        column = {p: i for i, p in enumerate(self.keys)}
-        self.member = torch.zeros(len(self.keys), len(groups), dtype=torch.float32, device=vlm.device)
-        self.group_of = torch.zeros(len(self.keys), dtype=torch.long, device=vlm.device)
-        for i, g in enumerate(groups):
-            self.member[[column[p] for p in g.positions], i] = 1.0
-            self.group_of[[column[p] for p in g.positions]] = i
+        self.keys, self.group_of, self.member, _ = _membership(groups, clean.seq_len, vlm.device)
         self.inputs, self.outputs = inputs, outputs
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -448,17 +460,13 @@ class _Opening:
     def _layer(self, j: int):
         if j not in self.cache:
             vlm, clean = self.vlm, self.clean
-            layer = vlm.adapter.decoder_layers(vlm.language_model)[j]
-            kind = vlm.adapter.layer_types(vlm.language_model)[j]
-            cos, sin = clean.rotary[kind]
             hidden = self.inputs[j].detach()
-            queries = vlm.adapter.queries(layer, hidden, (cos[None], sin[None]))[0]  # (H, S, hd)
-            keys, values = vlm.adapter.key_values(layer, hidden, (cos[None], sin[None]))
+            layer, rotary, queries, allowed = _layer_queries(vlm, clean, j, hidden)
+            queries = queries[0]  # (H, S, hd)
+            keys, values = vlm.adapter.key_values(layer, hidden, rotary)
             heads = queries.shape[0]
             keys = keys.to(queries.device).repeat_interleave(heads // keys.shape[1], dim=1)[0]
             values = values.to(queries.device).float().repeat_interleave(heads // values.shape[1], dim=1)[0]
-            positions = torch.arange(clean.seq_len, device=queries.device)
-            allowed = vlm.adapter.attends(clean.layout, kind, positions[:, None], positions[None, :])
             scores = _scores(layer, queries, keys).masked_fill(~allowed, -torch.inf)  # (H, S, S)
             visual = torch.zeros(clean.seq_len, dtype=torch.bool, device=queries.device)
             visual[self.keys] = True
@@ -469,7 +477,9 @@ class _Opening:
             norm = torch.logaddexp(rest[..., None], per_group)  # (H, S, G): N
             weights = (on_groups - norm[:, :, self.group_of]).exp()  # (H, S, n): each key's weight with its group
             scale = torch.expm1(rest[..., None] - norm)  # (H, S, G): how the kept keys' share changes
-            self.cache[j] = (weights, values[:, self.keys], scale, self.outputs[j][0].detach().float())
+            output = self.outputs[j][0].detach().float()  # (S, H * hd): the base pass's attention output
+            output = output.view(output.shape[0], heads, -1).transpose(0, 1)  # (H, S, hd)
+            self.cache[j] = (weights, values[:, self.keys], scale, output)
         return self.cache[j]
 
     @torch.no_grad()
@@ -483,7 +493,6 @@ class _Opening:
                 continue
             weights, values, scale, output = self._layer(j)
             grad = grad[0].float().view(grad.shape[1], weights.shape[0], -1).transpose(0, 1)  # (H, S, hd)
-            output = output.view(output.shape[0], weights.shape[0], -1).transpose(0, 1)
             joined = ((grad @ values.transpose(-1, -2)) * weights) @ self.member  # <grad, g's new share>
             kept = scale * (grad * output).sum(-1, keepdim=True)  # <grad, the kept keys' rescaled share>
             rows.append((joined + kept).sum((0, 1)).double().cpu())
