@@ -350,22 +350,23 @@ class _LogFile(logging.FileHandler):
         super().__init__(run_dir / LOG_NAME, delay=True)
         self.run_dir, self.held = run_dir, []
 
+    def _release(self) -> None:
+        held, self.held = self.held, []
+        for record in held:
+            super().emit(record)
+
     def emit(self, record: logging.LogRecord) -> None:
         if self.stream is None and not (self.run_dir / "run.json").exists():
             self.held.append(record)
             return
-        held, self.held = self.held, []
-        for earlier in held:
-            super().emit(earlier)
+        self._release()
         super().emit(record)
 
     def close(self) -> None:
         """Write what is held once the run exists (a command that ends right after writing run.json); a
         refused command drops it."""
-        if self.held and (self.run_dir / "run.json").exists():
-            held, self.held = self.held, []
-            for record in held:
-                super().emit(record)
+        if (self.run_dir / "run.json").exists():
+            self._release()
         super().close()
 
     def handleError(self, record: logging.LogRecord) -> None:

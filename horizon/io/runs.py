@@ -157,16 +157,23 @@ def _unreadable(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _run_json(path: Path, unreadable: str, not_object: str) -> dict[str, Any]:
+    """run.json at ``path`` as a dict; a file that cannot be read, is not JSON (cut short) or is not an object
+    is one line naming it, with the caller's ``unreadable`` / ``not_object`` text ({path}, {reason}, {kind})."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise HorizonError(unreadable.format(path=path, reason=_unreadable(exc))) from None
+    if not isinstance(data, dict):
+        raise HorizonError(not_object.format(path=path, kind=type(data).__name__))
+    return data
+
+
 def read_run_json(path: Path) -> dict[str, Any]:
     """A run's run.json for writing to the run: one line naming it when it is cut off or not JSON."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise HorizonError(f"{path}: cannot read the run's configuration ({_unreadable(exc)}); restore the file "
-                           "(the run cannot be resumed without it) or choose another --out") from None
-    if not isinstance(data, dict):
-        raise HorizonError(f"{path}: not a run configuration (a JSON object); restore the file or choose another --out")
-    return data
+    return _run_json(path, "{path}: cannot read the run's configuration ({reason}); restore the file (the run "
+                           "cannot be resumed without it) or choose another --out",
+                     "{path}: not a run configuration (a JSON object); restore the file or choose another --out")
 
 
 def _same_folder(a: Any, b: Any) -> bool:
@@ -524,10 +531,8 @@ class RunStore:
         were uncommitted by the resume, to be retried)."""
         done: set[str] = set()
         for path in table_files(self.path, "samples"):
-            try:
+            with reading(path):
                 ids = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
-            except (OSError, ValueError, pa.ArrowException) as exc:
-                raise unreadable_parquet(path, exc) from None
             done.update(map(str, ids))
         return done
 
@@ -747,14 +752,9 @@ def read_config(run: str | Path) -> dict[str, Any]:
     path = run / "run.json"
     if not path.exists():
         raise HorizonError(f"{run}: not a run directory (no run.json)")
-    try:
-        config = json.loads(path.read_bytes())
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise HorizonError(f"{path}: not valid JSON ({exc}); a run.json cut short or edited by hand: restore "
-                           "it (its keys are listed under Run directory in the README)") from None
-    if not isinstance(config, dict):
-        raise HorizonError(f"{path}: expected a JSON object of the run's settings, got {type(config).__name__}")
-    return config
+    return _run_json(path, "{path}: not valid JSON ({reason}); a run.json cut short or edited by hand: restore it "
+                           "(its keys are listed under Run directory in the README)",
+                     "{path}: expected a JSON object of the run's settings, got {kind}")
 
 
 def read_run(run: str | Path) -> dict[str, Any]:
