@@ -34,7 +34,6 @@ from .estimators import ESTIMATORS, KEEP_TOKENS, KL_TOKENS, estimate_keep, estim
 from .groups import Group, ImageGrid, tile
 from .models import VisionLM, load, refuse_extra_images
 from .options import check_out_folder, check_run_options
-from .models.identity import model_keys
 from .scores import DEFAULT_METRICS, RAW_METRICS, check_metrics, keep_scores, remove_scores
 from .io.runs import (GROUP_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, RunStore, Shard, read_config,
                       read_table, with_image_column)
@@ -537,7 +536,7 @@ def run_config(vlm: VisionLM, cfg: ScanConfig, layers: list[int], data: str | No
 
     return {
         "horizon_version": __version__,
-        **model_keys(vlm.source),  # a resume must use the same checkpoint files, however the path is typed
+        **vlm.model_keys,  # a resume must use the same checkpoint files, however the path is typed
         "adapter": vlm.adapter.name,
         "architecture": type(vlm.hf).__name__,
         "n_layers": vlm.n_layers,

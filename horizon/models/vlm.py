@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from functools import cached_property
 from typing import Any, Sequence
 
 import torch
@@ -88,6 +89,14 @@ class VisionLM:
     @property
     def tokenizer(self) -> Any:
         return getattr(self.processor, "tokenizer", self.processor)
+
+    @cached_property
+    def model_keys(self) -> dict[str, str]:
+        """run.json's and eval.json's keys for this model (:func:`horizon.models.identity.model_keys`), found
+        once per loaded model: a grid's every evaluation records them."""
+        from .identity import model_keys
+
+        return model_keys(self.source)
 
     @property
     def max_positions(self) -> int | None:
@@ -249,7 +258,7 @@ def load(
     try:
         hf = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = _first_line(exc)
         hint = " (pickle weights need allow_unsafe_weights / --allow-unsafe-weights)" if "safetensors" in first else ""
         raise HorizonError(f"cannot load weights from {source!r}: {first}{hint}") from None
     except SafetensorError as exc:

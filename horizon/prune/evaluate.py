@@ -39,7 +39,6 @@ from ..data import Sample
 from ..decoding import DECODING_RULES, Decoding
 from ..errors import HorizonError, SampleError
 from ..models import VisionLM, load, refuse_extra_images
-from ..models.identity import model_keys
 from ..options import check_out_folder, check_run_options
 from ..records import NO_INFORMATION, Horizon
 from ..scan import check_context, encode_sample
@@ -493,7 +492,7 @@ class EvalEntry:
         if "info@" in cfg.schedule and self.info is None:
             raise HorizonError(f"--schedule {cfg.schedule!r} has an info stage: give the scan run with --info-run")
         self.meta = {
-            "horizon_version": __version__, **model_keys(vlm.source), "data": evalset.source,
+            "horizon_version": __version__, **vlm.model_keys, "data": evalset.source,
             "format": evalset.format, "schedule": cfg.schedule, "switch_at": cfg.switch_at,
             "schedules": {t: self.schedules.text_for(t) for t in sorted({s.task for s in self.samples})}
             if cfg.switch_at is not None else None,
