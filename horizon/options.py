@@ -9,7 +9,8 @@ from pathlib import Path
 from .errors import HorizonError
 
 
-def _integer(value: object) -> bool:
+def is_whole_number(value: object) -> bool:
+    """An integer option's value: Python or numpy integers, not bools."""
     return isinstance(value, Integral) and not isinstance(value, bool)  # numpy integers count
 
 
@@ -20,11 +21,11 @@ def check_run_options(*, limit: int | None = None, seed: int = 0, max_new_tokens
     a negative number would drop samples from the end (Python slicing), so both
     are refused rather than guessed at.
     """
-    if limit is not None and (not _integer(limit) or limit < 1):
+    if limit is not None and (not is_whole_number(limit) or limit < 1):
         raise HorizonError(f"--limit must be a positive number of samples (leave it out for all), got {limit!r}")
-    if not _integer(seed) or seed < 0:
+    if not is_whole_number(seed) or seed < 0:
         raise HorizonError(f"--seed must be a non-negative integer, got {seed!r}")
-    if not _integer(max_new_tokens) or max_new_tokens < 1:
+    if not is_whole_number(max_new_tokens) or max_new_tokens < 1:
         raise HorizonError(f"--max-new-tokens must be a positive number of tokens, got {max_new_tokens!r}")
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..errors import HorizonError
+from ..options import check_run_options, is_whole_number
 from ..records import FOUND, NO_INFORMATION, PERSISTS, UNDETERMINED, VANISHING_TESTS, Horizon
 from .per_sample import KEYS
 
@@ -60,15 +61,10 @@ class StatsParams:
         if not 0 < self.ci < 1:
             raise HorizonError(f"ci must be between 0 and 1 (exclusive), got {self.ci}")
         for flag, value in (("--n-boot", self.n_boot), ("--n-perm", self.n_perm)):
-            if not _is_int(value) or value < 1:
+            if not is_whole_number(value) or value < 1:
                 raise HorizonError(f"{flag} must be a whole number of at least 1 (hundreds for usable intervals "
                                    f"and p-values), got {value}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise HorizonError(f"--seed must be a whole number of at least 0, got {self.seed}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        check_run_options(seed=self.seed)  # the seed rule every verb shares
 
 
 # ---------------------------------------------------------------- bootstrap helpers
