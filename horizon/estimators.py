@@ -142,13 +142,14 @@ class GateGradients:
 
     logp: float  # log p(y) of the clean answer (summed over scored positions)
     answer: torch.Tensor  # (L, S): d log p(y) / d log a
-    tokens: torch.Tensor  # (K, m, L, S): d log p_v / d log a for the K most probable tokens v at each position
+    # (K, m, L, S): d log p_v / d log a for the K most probable tokens v at each position (KL's Fisher form,
+    # without the saturation fix; K = 0 with it)
+    tokens: torch.Tensor
     token_probs: torch.Tensor  # (K, m): their clean probabilities
     # with the saturation correction (gate_gradients given groups): per layer j and group g, the first-order
-    # change of log p(y) (K, m for the tokens) when g's keys leave layer j's softmax, the softmax recomputed
-    # exactly: (L, G) and (K, m, L, G); None without it
+    # change of log p(y) when g's keys leave layer j's softmax, the softmax recomputed exactly: (L, G); None
+    # without it
     answer_groups: torch.Tensor | None = None
-    token_groups: torch.Tensor | None = None
     # the output side (with the fix): clean log-probabilities (m, V), the tokens whose logits are followed
     # (m, T: the answer token and the most probable ones) and their logits' first-order changes per layer and
     # group (m, T, L, G), from which the estimate's output softmax is computed exactly
@@ -167,8 +168,10 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
                    groups: Sequence[Group] | None = None) -> GateGradients:
     """One forward pass with open gates, one backward pass for the answer, ``kl_tokens`` more for KL's tokens.
 
-    Given ``groups``, also the saturation-corrected per-layer group estimates (:class:`_Saturation`) and the
-    followed logits' changes (:func:`_logit_changes`), from the same backward passes.
+    Given ``groups``, instead the saturation-corrected per-layer group estimates (:class:`_Saturation`) and the
+    changes of the answer's and the ``max(kl_tokens, OUTPUT_TOKENS)`` most probable tokens' logits
+    (:func:`_logit_changes`), one backward pass each; KL then comes from the estimated output softmax, so the
+    log p_v passes of the Fisher form are not run.
     """
     gates = torch.zeros(vlm.n_layers, clean.seq_len, dtype=torch.float64, device=vlm.device, requires_grad=True)
     outputs: list[torch.Tensor] | None = [] if groups is not None else None
@@ -196,21 +199,20 @@ def gate_gradients(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, kl_tok
             answer_groups = position_groups.sum(0)
         if corrector is not None:  # the output side: each followed token's logit, one backward pass each
             logit_tokens, logit_groups = _logit_changes(logp, raw[0], target, max(kl_tokens, OUTPUT_TOKENS),
-                                                        backward, last=kl_tokens == 0)
-        token_grads = torch.zeros(kl_tokens, m, *gates.shape, dtype=torch.float64, device=gates.device)
-        token_groups = (torch.zeros(kl_tokens, m, vlm.n_layers, len(groups), dtype=torch.float64)
-                        if groups is not None else None)
-        probs = torch.zeros(kl_tokens, m, dtype=torch.float64)
-        if kl_tokens:
-            top = logp.detach().topk(kl_tokens, dim=-1)
+                                                        backward, last=True)
+        # KL's tokens: without the fix, one backward pass of log p_v each for the Fisher form; with it, KL comes
+        # from the estimated output softmax over the followed logits above, so those passes would go unused
+        passes = kl_tokens if corrector is None else 0
+        token_grads = torch.zeros(passes, m, *gates.shape, dtype=torch.float64, device=gates.device)
+        probs = torch.zeros(passes, m, dtype=torch.float64)
+        if passes:
+            top = logp.detach().topk(passes, dim=-1)
             for i in range(m):
-                for r in range(kl_tokens):
-                    last = i == m - 1 and r == kl_tokens - 1
-                    token_grads[r, i], corrected = backward(logp[i, top.indices[i, r]], not last)
-                    if corrected is not None:
-                        token_groups[r, i] = corrected
+                for r in range(passes):
+                    last = i == m - 1 and r == passes - 1
+                    token_grads[r, i] = backward(logp[i, top.indices[i, r]], not last)[0]
                     probs[r, i] = float(top.values[i, r].exp())
-    return GateGradients(float(answer.detach()), grad, token_grads.cpu(), probs, answer_groups, token_groups,
+    return GateGradients(float(answer.detach()), grad, token_grads.cpu(), probs, answer_groups,
                          logp.detach().cpu() if corrector is not None else None, logit_tokens, logit_groups,
                          position_groups)
 
@@ -384,8 +386,7 @@ def estimate_remove(grads: GateGradients, groups: Sequence[Group], layers: Seque
     if "kl" in metrics:
         if not grads.tokens.shape[0]:
             raise HorizonError("kl needs the top tokens' gradients (kl_tokens > 0)")
-        change = (grads.suffix(grads.token_groups)[:, :, rows] if grads.token_groups is not None
-                  else grads.suffix(grads.tokens)[:, :, rows] @ member.T)  # (K, m, layers, groups): -d log p_v
+        change = grads.suffix(grads.tokens)[:, :, rows] @ member.T  # (K, m, layers, groups): -d log p_v
         out["kl"] = (0.5 * (grads.token_probs[:, :, None, None] * change**2).sum(0).mean(0)).flatten()
     return out
 

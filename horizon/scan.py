@@ -287,7 +287,9 @@ SATURATION_METHOD = ("saturation fix (AtP*-style): each layer's attention output
                      "the softmax too (which misses queries that attend almost only to the group)")
 HYBRID_METHOD = ("the gradient estimate everywhere, then the exact engine for every group of the scanned layers within "
                  "`margin` of the sample's estimated horizon and the `top` share of groups per layer by the estimate; "
-                 "the scores' `exact` column says which rows were measured; the floor is measured on those layers")
+                 "the horizon is then re-read with the measured scores in place of the estimates and the layers "
+                 "within `margin` of it measured too, until it holds still; the scores' `exact` column says which "
+                 "rows were measured; the floor is measured on those layers")
 SCORED_TOKEN_RULE = ("the first answer token whose text is not only whitespace (leading word-boundary tokens such as "
                      "Llama's bare '▁' before a digit are fed but not scored); --answer-span full scores it and every "
                      "later answer token")
@@ -415,72 +417,116 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
                 on_batch(1.0)
             return _sample_tables(vlm, sample, cfg, layers, groups, visual, estimates, len(measured), {}, inputs,
                                   answer_ids, first, grids, logp, target, generated, images, measured)
-    real = _ablations(groups, visual, layers, cfg.protocol)
-    if estimated is not None:  # hybrid: only what decides the result is measured (and the floor of those layers)
-        real = [a for a, m in zip(real, estimated[1]) if m]
-        layers_measured = sorted({a.layer for a in real})
-    # null ablations ride in the same batches as the real ones, so they see the same arithmetic
-    ablations = real + null_ablations(visual, layers if estimated is None else layers_measured, cfg.protocol)
+    all_real = _ablations(groups, visual, layers, cfg.protocol)
     batch_size = cfg.batch_size or auto_batch_size(vlm, clean)
-    planned = plan_batches(ablations, batch_size, clean.seq_len, reuse_start=reuse_start(vlm, clean))
-    n_batches = len(planned) + (1 if cfg.protocol == "keep" else 0)
-
-    values = {m: np.zeros(len(ablations), dtype=np.float32) for m in cfg.metrics}
-    n_real = len(real)
     none = {}
-    done = 0  # batches finished; on_batch gets the fraction of the sample done
     if cfg.protocol == "keep":
         baseline = [Ablation(l, tuple(visual)) for l in layers]
         for idx, logq in run_ablations(vlm, clean, baseline, batch_size, cfg.reuse_prefix):
             none.update({baseline[i].layer: logq[j] for j, i in enumerate(idx)})
-        done += 1
-        if on_batch:
-            on_batch(done / n_batches)
     # the floor: null ablations through the engine, and how far rounding of the logits could move each score
     generator = torch.Generator(device=vlm.device).manual_seed(cfg.seed)
     width = ROUNDING_UNITS * torch.finfo(vlm.dtype).eps * float(clean.logits[0, scored].float().abs().max())
-    shifts = {m: np.zeros(len(ablations)) for m in cfg.metrics}
-    for idx, logq in run_ablations(vlm, clean, ablations, batch_size, cfg.reuse_prefix):
-        if cfg.protocol == "remove":
-            reference, score = logp, (lambda ref, q: remove_scores(ref, q, target, cfg.metrics))
-        else:
-            reference = none[ablations[idx[0]].layer]
-            score = (lambda ref, q: keep_scores(ref, q, target, cfg.metrics))
-        for metric, v in score(reference, logq).items():
-            values[metric][idx] = v.float().cpu().numpy()
-        for metric, v in rounding_shift(reference, logq, score, width, generator).items():
-            shifts[metric][idx] = v.cpu().numpy()
-        done += 1
-        if on_batch:
-            on_batch(done / n_batches)
-    floor = floor_of({m: v[n_real:] for m, v in values.items()}, shifts)
-    if estimated is not None:
-        estimates, measured = estimated
-        combined = {m: estimates[m].copy() for m in cfg.metrics}
+    progress = _BatchFraction(on_batch, 1 if cfg.protocol == "keep" else 0)
+
+    def measure(real: list[Ablation], null_layers: list[int]):
+        """The engine's scores of ``real`` and of the null ablations of ``null_layers``, which ride in the same
+        batches so they see the same arithmetic; and the rounding shifts of all of them."""
+        ablations = real + null_ablations(visual, null_layers, cfg.protocol)
+        planned = plan_batches(ablations, batch_size, clean.seq_len, reuse_start=reuse_start(vlm, clean))
+        progress.planned(len(planned))
+        values = {m: np.zeros(len(ablations), dtype=np.float32) for m in cfg.metrics}
+        shifts = {m: np.zeros(len(ablations)) for m in cfg.metrics}
+        for idx, logq in run_ablations(vlm, clean, ablations, batch_size, cfg.reuse_prefix):
+            if cfg.protocol == "remove":
+                reference, score = logp, (lambda ref, q: remove_scores(ref, q, target, cfg.metrics))
+            else:
+                reference = none[ablations[idx[0]].layer]
+                score = (lambda ref, q: keep_scores(ref, q, target, cfg.metrics))
+            for metric, v in score(reference, logq).items():
+                values[metric][idx] = v.float().cpu().numpy()
+            for metric, v in rounding_shift(reference, logq, score, width, generator).items():
+                shifts[metric][idx] = v.cpu().numpy()
+            progress.batch_done()
+        n = len(real)
+        return {m: v[:n] for m, v in values.items()}, {m: v[n:] for m, v in values.items()}, shifts
+
+    if estimated is None:
+        values, nulls, shifts = measure(all_real, layers)
+        progress.finish()
+        return _sample_tables(vlm, sample, cfg, layers, groups, visual, values, len(all_real), floor_of(nulls, shifts),
+                              inputs, answer_ids, first, grids, logp, target, generated, images)
+    # hybrid: only what decides the result is measured (and the floor of the layers measured whole), in rounds
+    # until the band around the horizon of the exact-where-measured curve is itself measured
+    estimates, measured = estimated
+    combined = {m: estimates[m].copy() for m in cfg.metrics}
+    plan = measured.reshape(len(layers), len(groups))
+    done = np.zeros_like(plan)
+    floors = []
+    while True:
+        todo = plan & ~done
+        chosen = np.flatnonzero(todo.flatten())
+        null_layers = [layers[i] for i in sorted(set(np.nonzero(todo)[0].tolist()))]
+        values, nulls, shifts = measure([all_real[i] for i in chosen], null_layers)
         for m in cfg.metrics:
-            combined[m][measured] = values[m][:n_real]  # the engine's own values, untouched
-        return _sample_tables(vlm, sample, cfg, layers, groups, visual, combined, len(measured), floor, inputs,
-                              answer_ids, first, grids, logp, target, generated, images, measured)
-    return _sample_tables(vlm, sample, cfg, layers, groups, visual, values, n_real, floor, inputs, answer_ids, first,
-                          grids, logp, target, generated, images)
+            combined[m][chosen] = values[m]  # the engine's own values, untouched
+        floors += [nulls, shifts]
+        done |= todo
+        plan = done | hybrid_band(combined[deciding].reshape(len(layers), len(groups)), cfg.hybrid_margin)
+        if (plan == done).all():
+            break
+    progress.finish()
+    return _sample_tables(vlm, sample, cfg, layers, groups, visual, combined, len(all_real), floor_of(*floors),
+                          inputs, answer_ids, first, grids, logp, target, generated, images, done.flatten())
+
+
+class _BatchFraction:
+    """A sample's fraction of batches done, for ``on_batch``: batches are planned round by round (hybrid), so
+    the fraction is of those planned so far, held below 1 until ``finish`` reports exactly 1.0."""
+
+    def __init__(self, on_batch, done: int):
+        self.on_batch, self.done, self.total = on_batch, done, done
+
+    def planned(self, n: int) -> None:
+        self.total += n
+
+    def batch_done(self) -> None:
+        self.done += 1
+        if self.on_batch and self.done < self.total:
+            self.on_batch(self.done / self.total)
+
+    def finish(self) -> None:
+        if self.on_batch:
+            self.on_batch(1.0)
+
+
+def hybrid_band(values: np.ndarray, margin: int) -> np.ndarray:
+    """The (layer, group) cells of every group in the scanned layers within ``margin`` of the sample's horizon
+    by ``values`` (scanned layers x groups): the first scanned layer from which the mean of the values'
+    positive part over groups stays at or below 5% of its largest value; past the last layer when it never
+    does, so the last ``margin`` layers are in the band."""
+    n_layers = values.shape[0]
+    curve = np.clip(values, 0.0, None).mean(1)
+    vanished = curve <= 0.05 * curve.max()
+    horizon = next((i for i in range(n_layers) if vanished[i:].all()), n_layers)
+    band = np.zeros(values.shape, dtype=bool)
+    band[max(0, horizon - margin): min(n_layers, horizon + margin + 1)] = True
+    return band
 
 
 def hybrid_plan(estimate: np.ndarray, margin: int, top_share: float) -> np.ndarray:
-    """Which (layer, group) of ``estimate`` (scanned layers x groups) the hybrid estimator measures exactly.
+    """Which (layer, group) of ``estimate`` (scanned layers x groups) the hybrid estimator measures exactly first.
 
-    Every group of the layers within ``margin`` scanned layers of the sample's
-    estimated horizon (the first scanned layer from which the mean of the
-    estimate's positive part over groups stays at or below 5% of its largest
-    value; past the last layer when it never does, so the last ``margin``
-    layers are measured), and in every layer the top ``top_share`` of groups by
-    the estimate.
+    Every group of the layers in :func:`hybrid_band` of the estimate, and in
+    every layer the top ``top_share`` of groups by the estimate. The scan then
+    re-reads the band from the estimate with those cells measured and measures
+    whatever of the new band is not measured yet, until the band holds still:
+    where the estimate put the horizon in the wrong place, the measured layers
+    move it and the band follows, so the layers that decide the horizon end up
+    measured whatever the estimate said.
     """
     n_layers, n_groups = estimate.shape
-    curve = np.clip(estimate, 0.0, None).mean(1)
-    vanished = curve <= 0.05 * curve.max()
-    horizon = next((i for i in range(n_layers) if vanished[i:].all()), n_layers)
-    measured = np.zeros(estimate.shape, dtype=bool)
-    measured[max(0, horizon - margin): min(n_layers, horizon + margin + 1)] = True
+    measured = hybrid_band(estimate, margin)
     k = min(n_groups, max(1, math.ceil(top_share * n_groups))) if top_share > 0 else 0
     if k:
         top = np.argsort(-estimate, axis=1, kind="stable")[:, :k]

@@ -216,10 +216,11 @@ def test_hybrid_plan_measures_around_the_estimated_horizon_and_the_top_groups():
 
 def test_hybrid_measures_exactly_what_it_says_and_estimates_the_rest(models, dataset, tmp_path):
     """The rows hybrid marks exact are the exact engine's scores bit for bit (batch 1: no row shares arithmetic with
-    another), the others are the gradient estimate's, and the marks follow hybrid_plan on the estimate."""
+    another), the others are the gradient estimate's, and the marks are hybrid_plan's on the estimate, grown until
+    the band around the horizon of the measured-where-marked scores is marked."""
     import numpy as np
 
-    from horizon.scan import hybrid_plan
+    from horizon.scan import hybrid_band, hybrid_plan
 
     vlm, data = models["llava"], dataset("llava", 2)
     options = dict(metrics=("dlogp", "kl"), group=1, batch_size=1, progress=False)
@@ -238,9 +239,39 @@ def test_hybrid_measures_exactly_what_it_says_and_estimates_the_rest(models, dat
     assert (h.value[h.exact].to_numpy() == e.value[h.exact].to_numpy()).all()
     assert (h.value[~h.exact].to_numpy() == g.value[~h.exact].to_numpy()).all()
     for sid in ("q0", "q1"):
-        est = g[(g.sample_id == sid) & (g.metric == "dlogp")].pivot(index="layer", columns="group", values="value")
+        est, ex = (f[(f.sample_id == sid) & (f.metric == "dlogp")].pivot(index="layer", columns="group",
+                                                                          values="value").to_numpy() for f in (g, e))
         marks = h[(h.sample_id == sid) & (h.metric == "dlogp")].pivot(index="layer", columns="group", values="exact")
-        assert (marks.to_numpy() == hybrid_plan(est.to_numpy(), 1, 0.2)).all()
+        expected = hybrid_plan(est, 1, 0.2)
+        while True:
+            grown = expected | hybrid_band(np.where(expected, ex, est), 1)
+            if (grown == expected).all():
+                break
+            expected = grown
+        assert (marks.to_numpy() == expected).all()
+
+
+def test_hybrid_rounds_follow_the_measured_horizon_where_the_estimate_misplaced_it():
+    """An estimate that puts the horizon at layer 1 while the measured scores carry information up to layer 3:
+    the band re-read from the measured scores moves up round by round until it holds the measured horizon."""
+    import numpy as np
+
+    from horizon.scan import hybrid_band
+
+    estimate = np.zeros((8, 4))
+    estimate[0] = 1.0
+    exact = np.zeros((8, 4))
+    exact[:4] = [[1.0, 0.5, 0.2, 0.1]] * 4
+    assert np.nonzero(hybrid_band(estimate, 1).any(1))[0].tolist() == [0, 1, 2]
+    done = hybrid_band(estimate, 1)
+    rounds = 0
+    while True:
+        grown = done | hybrid_band(np.where(done, exact, estimate), 1)
+        if (grown == done).all():
+            break
+        done, rounds = grown, rounds + 1
+    # exact's horizon is layer 4 (information through layer 3): layers 3..5 measured, and everything below
+    assert np.nonzero(done.any(1))[0].tolist() == [0, 1, 2, 3, 4, 5] and done[:6].all() and rounds == 2
 
 
 def keep_gates(vlm, clean, groups, layer, opened=None, only=None):
