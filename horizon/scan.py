@@ -288,8 +288,9 @@ SATURATION_METHOD = ("saturation fix (AtP*-style): each layer's attention output
 HYBRID_METHOD = ("the gradient estimate everywhere, then the exact engine for every group of the scanned layers within "
                  "`margin` of the sample's estimated horizon and the `top` share of groups per layer by the estimate; "
                  "the horizon is then re-read with the measured scores in place of the estimates and the layers "
-                 "within `margin` of it measured too, until it holds still; the scores' `exact` column says which "
-                 "rows were measured; the floor is measured on those layers")
+                 "within `margin` of it measured too, and every group of a layer where a measured score shows the "
+                 "estimate off by more than 50% of that score + 1% of the sample's largest, until nothing is added; "
+                 "the scores' `exact` column says which rows were measured; the floor is measured on those layers")
 SCORED_TOKEN_RULE = ("the first answer token whose text is not only whitespace (leading word-boundary tokens such as "
                      "Llama's bare '▁' before a digit are fed but not scored); --answer-span full scores it and every "
                      "later answer token")
@@ -472,7 +473,9 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
             combined[m][chosen] = values[m]  # the engine's own values, untouched
         floors += [nulls, shifts]
         done |= todo
-        plan = done | hybrid_band(combined[deciding].reshape(len(layers), len(groups)), cfg.hybrid_margin)
+        values_now = combined[deciding].reshape(len(layers), len(groups))
+        plan = (done | hybrid_band(values_now, cfg.hybrid_margin)
+                | hybrid_misread(values_now, estimates[deciding].reshape(len(layers), len(groups)), done))
         if (plan == done).all():
             break
     progress.finish()
@@ -512,6 +515,21 @@ def hybrid_band(values: np.ndarray, margin: int) -> np.ndarray:
     band = np.zeros(values.shape, dtype=bool)
     band[max(0, horizon - margin): min(n_layers, horizon + margin + 1)] = True
     return band
+
+
+HYBRID_TOLERANCE = (0.5, 0.01)  # a measured score the estimate missed by more than 50% of it + 1% of the largest
+
+
+def hybrid_misread(values: np.ndarray, estimate: np.ndarray, measured: np.ndarray,
+                   tolerance: tuple[float, float] = HYBRID_TOLERANCE) -> np.ndarray:
+    """Every group of the layers (rows) where a measured cell shows the estimate wrong: ``|value - estimate| >
+    rel * |value| + abs * (largest |value| of the sample)``, with ``values`` the scores so far (measured where
+    ``measured``). The top groups measured in every layer check the estimate there; where it misread them,
+    the rest of the layer is not trusted to it either."""
+    rel, absolute = tolerance
+    scale = float(np.abs(values).max()) if values.size else 0.0
+    wrong = measured & (np.abs(values - estimate) > rel * np.abs(values) + absolute * scale)
+    return np.repeat(wrong.any(1, keepdims=True), values.shape[1], axis=1)
 
 
 def hybrid_plan(estimate: np.ndarray, margin: int, top_share: float) -> np.ndarray:

@@ -217,10 +217,11 @@ def test_hybrid_plan_measures_around_the_estimated_horizon_and_the_top_groups():
 def test_hybrid_measures_exactly_what_it_says_and_estimates_the_rest(models, dataset, tmp_path):
     """The rows hybrid marks exact are the exact engine's scores bit for bit (batch 1: no row shares arithmetic with
     another), the others are the gradient estimate's, and the marks are hybrid_plan's on the estimate, grown until
-    the band around the horizon of the measured-where-marked scores is marked."""
+    the band around the horizon of the measured-where-marked scores is marked and no layer's measured scores show
+    the estimate wrong."""
     import numpy as np
 
-    from horizon.scan import hybrid_band, hybrid_plan
+    from horizon.scan import hybrid_band, hybrid_misread, hybrid_plan
 
     vlm, data = models["llava"], dataset("llava", 2)
     options = dict(metrics=("dlogp", "kl"), group=1, batch_size=1, progress=False)
@@ -244,7 +245,8 @@ def test_hybrid_measures_exactly_what_it_says_and_estimates_the_rest(models, dat
         marks = h[(h.sample_id == sid) & (h.metric == "dlogp")].pivot(index="layer", columns="group", values="exact")
         expected = hybrid_plan(est, 1, 0.2)
         while True:
-            grown = expected | hybrid_band(np.where(expected, ex, est), 1)
+            values = np.where(expected, ex, est)
+            grown = expected | hybrid_band(values, 1) | hybrid_misread(values, est, expected)
             if (grown == expected).all():
                 break
             expected = grown
@@ -343,3 +345,23 @@ def test_scan_keep_with_the_gradient_estimator(models, dataset, tmp_path):
     ex = exact.scores[exact.scores.metric == "gain_logp"].sort_values(["layer", "group"]).value.to_numpy()
     est = scores[scores.metric == "gain_logp"].sort_values(["layer", "group"]).value.to_numpy()
     assert stats.spearmanr(ex, est).statistic > 0.9
+
+
+def test_a_layer_whose_measured_scores_show_the_estimate_wrong_is_measured_whole():
+    import numpy as np
+
+    from horizon.scan import hybrid_misread
+
+    estimate = np.array([[1.0, 0.1, 0.0], [2.0, 0.5, 0.2], [0.3, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    values = estimate.copy()
+    measured = np.zeros_like(estimate, dtype=bool)
+    measured[:, 0] = True  # each layer's top group measured
+    values[0, 0] = 1.4  # off by 0.4 <= 0.5 * 1.4 + 0.01 * 2.0: within tolerance
+    values[1, 0] = 0.9  # off by 1.1 > 0.5 * 0.9 + 0.02: the estimate misread layer 1
+    values[3, 0] = 0.015  # estimate 0 vs 0.015 <= 0.0075 + 0.02: noise on the sample's scale
+    values[2, 1] = 9.0  # not measured: not evidence, whatever its value
+    misread = hybrid_misread(values, estimate, measured)
+    assert misread.tolist() == [[False] * 3, [True] * 3, [False] * 3, [False] * 3]
+    # the scale is the sample's largest |score|: with values around 100, 0.9 vs 2.0 is within 1% of it
+    values[2, 2] = 100.0
+    assert not hybrid_misread(values, estimate, measured).any()
