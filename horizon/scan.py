@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -457,27 +457,23 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
         progress.finish()
         return _sample_tables(vlm, sample, cfg, layers, groups, visual, values, len(all_real), floor_of(nulls, shifts),
                               inputs, answer_ids, first, grids, logp, target, generated, images)
-    # hybrid: only what decides the result is measured (and the floor of the layers measured whole), in rounds
-    # until the band around the horizon of the exact-where-measured curve is itself measured
+    # hybrid: only what decides the result is measured (and the floor of the layers measured), in rounds
     estimates, measured = estimated
     combined = {m: estimates[m].copy() for m in cfg.metrics}
-    plan = measured.reshape(len(layers), len(groups))
-    done = np.zeros_like(plan)
     floors = []
-    while True:
-        todo = plan & ~done
+
+    def measure_cells(todo: np.ndarray) -> np.ndarray:
         chosen = np.flatnonzero(todo.flatten())
-        null_layers = [layers[i] for i in sorted(set(np.nonzero(todo)[0].tolist()))]
-        values, nulls, shifts = measure([all_real[i] for i in chosen], null_layers)
+        values, nulls, shifts = measure([all_real[i] for i in chosen],
+                                        [layers[i] for i in np.flatnonzero(todo.any(1))])
         for m in cfg.metrics:
             combined[m][chosen] = values[m]  # the engine's own values, untouched
-        floors += [nulls, shifts]
-        done |= todo
-        values_now = combined[deciding].reshape(len(layers), len(groups))
-        plan = (done | hybrid_band(values_now, cfg.hybrid_margin)
-                | hybrid_misread(values_now, estimates[deciding].reshape(len(layers), len(groups)), done))
-        if (plan == done).all():
-            break
+        floors.extend([nulls, shifts])
+        return values[deciding]
+
+    shape = (len(layers), len(groups))
+    _, done = hybrid_rounds(estimates[deciding].reshape(shape), measured.reshape(shape), cfg.hybrid_margin,
+                            measure_cells)
     progress.finish()
     return _sample_tables(vlm, sample, cfg, layers, groups, visual, combined, len(all_real), floor_of(*floors),
                           inputs, answer_ids, first, grids, logp, target, generated, images, done.flatten())
@@ -532,16 +528,31 @@ def hybrid_misread(values: np.ndarray, estimate: np.ndarray, measured: np.ndarra
     return np.repeat(wrong.any(1, keepdims=True), values.shape[1], axis=1)
 
 
-def hybrid_plan(estimate: np.ndarray, margin: int, top_share: float) -> np.ndarray:
-    """Which (layer, group) of ``estimate`` (scanned layers x groups) the hybrid estimator measures exactly first.
+def hybrid_rounds(estimate: np.ndarray, first: np.ndarray, margin: int,
+                  measure: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The hybrid estimator's exact part: measure the cells ``first`` marks (:func:`hybrid_plan`), then, round by
+    round, every cell of the band around the horizon of the scores so far (:func:`hybrid_band`) and of the
+    layers whose measured cells show the estimate wrong (:func:`hybrid_misread`) not measured yet, until a
+    round adds nothing. ``measure(cells)`` gets a (layers x groups) mask and returns the measured scores of its
+    cells in row-major order. Returns the scores (measured where measured, estimated elsewhere) and the mask of
+    what was measured."""
+    values = estimate.copy()
+    done = np.zeros(estimate.shape, dtype=bool)
+    plan = first.copy()
+    while (plan & ~done).any():
+        todo = plan & ~done
+        values[todo] = measure(todo)
+        done |= todo
+        plan = done | hybrid_band(values, margin) | hybrid_misread(values, estimate, done)
+    return values, done
 
-    Every group of the layers in :func:`hybrid_band` of the estimate, and in
-    every layer the top ``top_share`` of groups by the estimate. The scan then
-    re-reads the band from the estimate with those cells measured and measures
-    whatever of the new band is not measured yet, until the band holds still:
-    where the estimate put the horizon in the wrong place, the measured layers
-    move it and the band follows, so the layers that decide the horizon end up
-    measured whatever the estimate said.
+
+def hybrid_plan(estimate: np.ndarray, margin: int, top_share: float) -> np.ndarray:
+    """Which (layer, group) of ``estimate`` (scanned layers x groups) the hybrid estimator measures exactly first:
+    every group of the layers in :func:`hybrid_band` of the estimate, and in every layer the top ``top_share``
+    of groups by the estimate (which also check the estimate there, :func:`hybrid_misread`). What the
+    measured cells reveal adds more, in :func:`hybrid_rounds`: where the estimate put the horizon in the wrong
+    place or misread a layer, the layers that decide the horizon end up measured whatever it said.
     """
     n_layers, n_groups = estimate.shape
     measured = hybrid_band(estimate, margin)

@@ -221,7 +221,7 @@ def test_hybrid_measures_exactly_what_it_says_and_estimates_the_rest(models, dat
     the estimate wrong."""
     import numpy as np
 
-    from horizon.scan import hybrid_band, hybrid_misread, hybrid_plan
+    from horizon.scan import hybrid_plan, hybrid_rounds
 
     vlm, data = models["llava"], dataset("llava", 2)
     options = dict(metrics=("dlogp", "kl"), group=1, batch_size=1, progress=False)
@@ -243,14 +243,8 @@ def test_hybrid_measures_exactly_what_it_says_and_estimates_the_rest(models, dat
         est, ex = (f[(f.sample_id == sid) & (f.metric == "dlogp")].pivot(index="layer", columns="group",
                                                                           values="value").to_numpy() for f in (g, e))
         marks = h[(h.sample_id == sid) & (h.metric == "dlogp")].pivot(index="layer", columns="group", values="exact")
-        expected = hybrid_plan(est, 1, 0.2)
-        while True:
-            values = np.where(expected, ex, est)
-            grown = expected | hybrid_band(values, 1) | hybrid_misread(values, est, expected)
-            if (grown == expected).all():
-                break
-            expected = grown
-        assert (marks.to_numpy() == expected).all()
+        _, expected = hybrid_rounds(est, hybrid_plan(est, 1, 0.2), 1, lambda cells: ex[cells])
+        assert (marks.to_numpy() == expected).all() and (expected >= hybrid_plan(est, 1, 0.2)).all()
 
 
 def test_hybrid_rounds_follow_the_measured_horizon_where_the_estimate_misplaced_it():
@@ -258,22 +252,36 @@ def test_hybrid_rounds_follow_the_measured_horizon_where_the_estimate_misplaced_
     the band re-read from the measured scores moves up round by round until it holds the measured horizon."""
     import numpy as np
 
-    from horizon.scan import hybrid_band
+    from horizon.scan import hybrid_band, hybrid_rounds
 
     estimate = np.zeros((8, 4))
     estimate[0] = 1.0
     exact = np.zeros((8, 4))
     exact[:4] = [[1.0, 0.5, 0.2, 0.1]] * 4
-    assert np.nonzero(hybrid_band(estimate, 1).any(1))[0].tolist() == [0, 1, 2]
-    done = hybrid_band(estimate, 1)
-    rounds = 0
-    while True:
-        grown = done | hybrid_band(np.where(done, exact, estimate), 1)
-        if (grown == done).all():
-            break
-        done, rounds = grown, rounds + 1
-    # exact's horizon is layer 4 (information through layer 3): layers 3..5 measured, and everything below
-    assert np.nonzero(done.any(1))[0].tolist() == [0, 1, 2, 3, 4, 5] and done[:6].all() and rounds == 2
+    first = hybrid_band(estimate, 1)
+    assert np.nonzero(first.any(1))[0].tolist() == [0, 1, 2]
+    rounds = []
+
+    def measure(cells):
+        rounds.append(np.nonzero(cells.any(1))[0].tolist())
+        return exact[cells]
+
+    values, done = hybrid_rounds(estimate, first, 1, measure)
+    # exact's horizon is layer 4 (information through layer 3): layers 3..5 measured, and everything below;
+    # round 1 measures 0..2, which puts the horizon at 3 (band 2..4), round 2 finds it at 4 (band 3..5)
+    assert rounds == [[0, 1, 2], [3, 4], [5]]
+    assert done[:6].all() and not done[6:].any()
+    assert (values[:6] == exact[:6]).all() and (values[6:] == estimate[6:]).all()
+    # a layer the estimate misread: measured whole although the band never reached it
+    estimate = np.zeros((6, 3))
+    estimate[:2] = 1.0
+    exact = estimate.copy()
+    exact[4, 0] = 0.5  # estimate 0 where the measured top group holds 0.5
+    first = hybrid_band(estimate, 0)
+    first[4, 0] = True
+    _, done = hybrid_rounds(estimate, first, 0, lambda cells: exact[cells])
+    # layer 4 measured whole; the information found there moves the horizon to 5, whose band is measured too
+    assert done[4].all() and done[5].all() and not done[3].any() and done[:2].sum() == 0
 
 
 def keep_gates(vlm, clean, groups, layer, opened=None, only=None):
