@@ -288,9 +288,8 @@ SATURATION_METHOD = ("saturation fix (AtP*-style): each layer's attention output
 HYBRID_METHOD = ("the gradient estimate everywhere, then the exact engine for every group of the scanned layers within "
                  "`margin` of the sample's estimated horizon and the `top` share of groups per layer by the estimate; "
                  "the horizon is then re-read with the measured scores in place of the estimates and the layers "
-                 "within `margin` of it measured too, and every group of a layer where a measured score shows the "
-                 "estimate off by more than 50% of that score + 1% of the sample's largest, until nothing is added; "
-                 "the scores' `exact` column says which rows were measured; the floor is measured on those layers")
+                 "within `margin` of it measured too, until it holds still; the scores' `exact` column says which "
+                 "rows were measured; the floor is measured on those layers")
 SCORED_TOKEN_RULE = ("the first answer token whose text is not only whitespace (leading word-boundary tokens such as "
                      "Llama's bare '▁' before a digit are fed but not scored); --answer-span full scores it and every "
                      "later answer token")
@@ -513,27 +512,11 @@ def hybrid_band(values: np.ndarray, margin: int) -> np.ndarray:
     return band
 
 
-HYBRID_TOLERANCE = (0.5, 0.01)  # a measured score the estimate missed by more than 50% of it + 1% of the largest
-
-
-def hybrid_misread(values: np.ndarray, estimate: np.ndarray, measured: np.ndarray,
-                   tolerance: tuple[float, float] = HYBRID_TOLERANCE) -> np.ndarray:
-    """Every group of the layers (rows) where a measured cell shows the estimate wrong: ``|value - estimate| >
-    rel * |value| + abs * (largest |value| of the sample)``, with ``values`` the scores so far (measured where
-    ``measured``). The top groups measured in every layer check the estimate there; where it misread them,
-    the rest of the layer is not trusted to it either."""
-    rel, absolute = tolerance
-    scale = float(np.abs(values).max()) if values.size else 0.0
-    wrong = measured & (np.abs(values - estimate) > rel * np.abs(values) + absolute * scale)
-    return np.repeat(wrong.any(1, keepdims=True), values.shape[1], axis=1)
-
-
 def hybrid_rounds(estimate: np.ndarray, first: np.ndarray, margin: int,
                   measure: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The hybrid estimator's exact part: measure the cells ``first`` marks (:func:`hybrid_plan`), then, round by
-    round, every cell of the band around the horizon of the scores so far (:func:`hybrid_band`) and of the
-    layers whose measured cells show the estimate wrong (:func:`hybrid_misread`) not measured yet, until a
-    round adds nothing. ``measure(cells)`` gets a (layers x groups) mask and returns the measured scores of its
+    round, every cell of the band around the horizon of the scores so far (:func:`hybrid_band`: measured
+    scores in place of the estimates) not measured yet, until a round adds nothing. ``measure(cells)`` gets a (layers x groups) mask and returns the measured scores of its
     cells in row-major order. Returns the scores (measured where measured, estimated elsewhere) and the mask of
     what was measured."""
     values = estimate.copy()
@@ -543,16 +526,15 @@ def hybrid_rounds(estimate: np.ndarray, first: np.ndarray, margin: int,
         todo = plan & ~done
         values[todo] = measure(todo)
         done |= todo
-        plan = done | hybrid_band(values, margin) | hybrid_misread(values, estimate, done)
+        plan = done | hybrid_band(values, margin)
     return values, done
 
 
 def hybrid_plan(estimate: np.ndarray, margin: int, top_share: float) -> np.ndarray:
     """Which (layer, group) of ``estimate`` (scanned layers x groups) the hybrid estimator measures exactly first:
     every group of the layers in :func:`hybrid_band` of the estimate, and in every layer the top ``top_share``
-    of groups by the estimate (which also check the estimate there, :func:`hybrid_misread`). What the
-    measured cells reveal adds more, in :func:`hybrid_rounds`: where the estimate put the horizon in the wrong
-    place or misread a layer, the layers that decide the horizon end up measured whatever it said.
+    of groups by the estimate. What the measured cells reveal adds more, in :func:`hybrid_rounds`: where the
+    measured layers move the horizon, the band follows it.
     """
     n_layers, n_groups = estimate.shape
     measured = hybrid_band(estimate, margin)

@@ -217,8 +217,7 @@ def test_hybrid_plan_measures_around_the_estimated_horizon_and_the_top_groups():
 def test_hybrid_measures_exactly_what_it_says_and_estimates_the_rest(models, dataset, tmp_path):
     """The rows hybrid marks exact are the exact engine's scores bit for bit (batch 1: no row shares arithmetic with
     another), the others are the gradient estimate's, and the marks are hybrid_plan's on the estimate, grown until
-    the band around the horizon of the measured-where-marked scores is marked and no layer's measured scores show
-    the estimate wrong."""
+    the band around the horizon of the measured-where-marked scores is marked."""
     import numpy as np
 
     from horizon.scan import hybrid_plan, hybrid_rounds
@@ -272,16 +271,7 @@ def test_hybrid_rounds_follow_the_measured_horizon_where_the_estimate_misplaced_
     assert rounds == [[0, 1, 2], [3, 4], [5]]
     assert done[:6].all() and not done[6:].any()
     assert (values[:6] == exact[:6]).all() and (values[6:] == estimate[6:]).all()
-    # a layer the estimate misread: measured whole although the band never reached it
-    estimate = np.zeros((6, 3))
-    estimate[:2] = 1.0
-    exact = estimate.copy()
-    exact[4, 0] = 0.5  # estimate 0 where the measured top group holds 0.5
-    first = hybrid_band(estimate, 0)
-    first[4, 0] = True
-    _, done = hybrid_rounds(estimate, first, 0, lambda cells: exact[cells])
-    # layer 4 measured whole; the information found there moves the horizon to 5, whose band is measured too
-    assert done[4].all() and done[5].all() and not done[3].any() and done[:2].sum() == 0
+
 
 
 def keep_gates(vlm, clean, groups, layer, opened=None, only=None):
@@ -353,23 +343,3 @@ def test_scan_keep_with_the_gradient_estimator(models, dataset, tmp_path):
     ex = exact.scores[exact.scores.metric == "gain_logp"].sort_values(["layer", "group"]).value.to_numpy()
     est = scores[scores.metric == "gain_logp"].sort_values(["layer", "group"]).value.to_numpy()
     assert stats.spearmanr(ex, est).statistic > 0.9
-
-
-def test_a_layer_whose_measured_scores_show_the_estimate_wrong_is_measured_whole():
-    import numpy as np
-
-    from horizon.scan import hybrid_misread
-
-    estimate = np.array([[1.0, 0.1, 0.0], [2.0, 0.5, 0.2], [0.3, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    values = estimate.copy()
-    measured = np.zeros_like(estimate, dtype=bool)
-    measured[:, 0] = True  # each layer's top group measured
-    values[0, 0] = 1.4  # off by 0.4 <= 0.5 * 1.4 + 0.01 * 2.0: within tolerance
-    values[1, 0] = 0.9  # off by 1.1 > 0.5 * 0.9 + 0.02: the estimate misread layer 1
-    values[3, 0] = 0.015  # estimate 0 vs 0.015 <= 0.0075 + 0.02: noise on the sample's scale
-    values[2, 1] = 9.0  # not measured: not evidence, whatever its value
-    misread = hybrid_misread(values, estimate, measured)
-    assert misread.tolist() == [[False] * 3, [True] * 3, [False] * 3, [False] * 3]
-    # the scale is the sample's largest |score|: with values around 100, 0.9 vs 2.0 is within 1% of it
-    values[2, 2] = 100.0
-    assert not hybrid_misread(values, estimate, measured).any()
