@@ -52,8 +52,8 @@ from .errors import HorizonError
 from .groups import Group
 from .models import VisionLM
 from .models.adapter import additive_mask
+from .options import ESTIMATORS  # noqa: F401  (scan reads it from here, with the estimators)
 
-ESTIMATORS = ("exact", "gradient", "hybrid")
 GRADIENT_METRICS = ("dlogp", "dprob", "kl")
 KEEP_METRICS = ("gain_logp", "gain_prob", "keep_prob")
 KL_TOKENS = 8

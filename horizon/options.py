@@ -8,6 +8,10 @@ from pathlib import Path
 
 from .errors import HorizonError
 
+# how a run's scores are made (scan --estimator): read by the scan, the estimators and the analysis, which must
+# not import torch for it
+ESTIMATORS = ("exact", "gradient", "hybrid")
+
 
 def is_whole_number(value: object) -> bool:
     """An integer option's value: Python or numpy integers, not bools."""

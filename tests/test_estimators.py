@@ -343,3 +343,30 @@ def test_scan_keep_with_the_gradient_estimator(models, dataset, tmp_path):
     ex = exact.scores[exact.scores.metric == "gain_logp"].sort_values(["layer", "group"]).value.to_numpy()
     est = scores[scores.metric == "gain_logp"].sort_values(["layer", "group"]).value.to_numpy()
     assert stats.spearmanr(ex, est).statistic > 0.9
+
+
+def test_analysis_keeps_an_estimate_apart_from_the_measured_model_and_names_it(models, dataset, tmp_path):
+    """An exact and a gradient run of one model analysed together are two models, the estimate named as one
+    (so no table, figure or comparison reads it as measured), each as it is analysed alone; run.json naming an
+    estimator horizon does not know is refused."""
+    from pandas.testing import assert_frame_equal
+
+    from horizon.stats import StatsParams, analyze_frames, load_runs
+
+    vlm, data = models["llava"], dataset("llava", 3)
+    options = dict(metrics=("dlogp",), group=1, progress=False)
+    horizon.scan(vlm, data, out=tmp_path / "exact", **options)
+    horizon.scan(vlm, data, out=tmp_path / "gradient", estimator="gradient", **options)
+    params = StatsParams(n_boot=50, n_perm=50)
+    both = analyze_frames(load_runs([tmp_path / "exact", tmp_path / "gradient"]), params=params)["summary"]
+    alone = {side: analyze_frames(load_runs([tmp_path / side]), params=params)["summary"]
+             for side in ("exact", "gradient")}
+    name = alone["exact"].model.iloc[0]
+    assert alone["gradient"].model.iloc[0] == f"{name} (gradient estimate)"
+    assert sorted(both.model.unique()) == [name, f"{name} (gradient estimate)"]
+    for side in ("exact", "gradient"):
+        rows = both[both.model == alone[side].model.iloc[0]].reset_index(drop=True)
+        assert_frame_equal(rows, alone[side])
+    config = json.loads((tmp_path / "gradient" / "run.json").read_text())
+    (tmp_path / "gradient" / "run.json").write_text(json.dumps({**config, "estimator": "guess"}))
+    error_of(lambda: load_runs([tmp_path / "gradient"]), "estimator must be one of exact, gradient, hybrid")

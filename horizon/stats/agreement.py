@@ -30,7 +30,7 @@ import pandas as pd
 from ..errors import HorizonError
 from ..records import FOUND, UNDETERMINED, Horizon
 from .horizon import StatsParams, _interval, _weights, summarize
-from .per_sample import KEYS, SCORE_REQUIRED, load_runs, stream_sample_stats
+from .per_sample import KEYS, SCORE_REQUIRED, load_runs, measured_model, stream_sample_stats
 
 SPEARMAN_GOAL = 0.9
 HORIZON_TOLERANCE = 1.0  # layers
@@ -289,6 +289,8 @@ def horizon_agreement(exact_runs: str | Path | Sequence[str | Path],
         records = []
         for r in table.to_dict("records"):
             h = Horizon.from_record(r)
+            # the estimate's model is named as an estimate (analyze keeps it apart): pair it with the measured one
+            r = {**r, "model": measured_model(str(r["model"]))} if side == "estimate" else r
             records.append({**{k: r[k] for k in KEYS}, f"n_samples_{side}": int(r["n_samples"]),
                             f"status_{side}": h.status, f"horizon_{side}": h.layer if h.found else math.nan,
                             f"horizon_{side}_lo": h.lo if h.found and h.lo is not None else math.nan,

@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..errors import HorizonError
+from ..options import ESTIMATORS
 from ..io import runs as store
 from ..scores import RAW_METRICS
 
@@ -163,10 +164,41 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             deepest = store.max_layer(path)
             n_layers = deepest + 1 if deepest is not None else 0
         samples = samples.assign(sample_id=samples.sample_id.astype(str))
-        runs.append({"path": path, "config": config, "samples": samples, "_identity": model_identity(config, path),
+        runs.append({"path": path, "config": config, "samples": samples,
+                     "_identity": _estimated(model_identity(config, path), _estimator(path / "run.json", config)),
                      "n_layers": int(n_layers), "floor": _floor(path, config, samples)})
     _name_models(runs)
     return runs
+
+
+def _estimator(path: Path, config: dict[str, Any]) -> str:
+    """How the run's scores were made: ``exact`` (measured removals; runs from before estimators too),
+    ``gradient`` or ``hybrid``."""
+    estimator = config.get("estimator") or "exact"
+    if estimator not in ESTIMATORS:
+        raise HorizonError(f"{path}: estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    return estimator
+
+
+ESTIMATE_NAME = "{name} ({estimator} estimate)"
+
+
+def _estimated(identity: tuple[str, list[str]], estimator: str) -> tuple[str, list[str]]:
+    """An estimate run's model is shown, and pooled, apart from the measured one: ``llava-l (gradient estimate)``
+    next to ``llava-l``, so an estimated horizon is never read as a measured one, nor averaged with one."""
+    if estimator == "exact":
+        return identity
+    key, names = identity
+    return f"{key}|{estimator}", [ESTIMATE_NAME.format(name=name, estimator=estimator) for name in names]
+
+
+def measured_model(name: str) -> str:
+    """The model an estimate's name stands for: ``llava-l (gradient estimate)`` -> ``llava-l``."""
+    for estimator in ESTIMATORS:
+        suffix = ESTIMATE_NAME.format(name="", estimator=estimator)
+        if estimator != "exact" and name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _check_config(path: Path, config: dict[str, Any]) -> None:
