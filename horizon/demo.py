@@ -177,7 +177,7 @@ def _redo_if_stale(directory: Path, work):
 
 def run_demo(cfg: DemoConfig) -> dict:
     from .models import load
-    from .report import analyze, format_table
+    from .analysis import analyze, format_table
     from .scan import scan
     from .stats import StatsParams
 
