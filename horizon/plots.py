@@ -35,7 +35,6 @@ closed after saving. No function calls ``plt.show``.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import textwrap

@@ -16,7 +16,7 @@ import pytest
 import horizon
 from horizon.cli import main
 from horizon.report.data import report_data
-from horizon.report.page import MARKERS, render, static_text
+from horizon.report.page import MARKERS, static_text
 from horizon.stats import StatsParams
 from handmade_runs import informative, nothing, write_grid, write_images, write_run
 
