@@ -41,6 +41,14 @@ def screenshot(report: Path, out: Path, run: str | None, sample: str | None, met
             page.wait_for_selector("body[data-ready='1']")
             if metric:
                 page.select_option("#curve-metric", metric)
+            curves = page.locator("#curve-panels .panels").first
+            if model:
+                curves = page.locator(f"#curve-panels .panels:has(svg[data-model='{model}'])").first
+            # the curves' heading and task legend with the chosen model's row of panels, taken while the page
+            # is still scrolled to its top (bounding boxes are then page coordinates)
+            top, row = page.locator("#curves h2").bounding_box(), curves.bounding_box()
+            clip = {"x": 0, "y": top["y"], "width": width, "height": row["y"] + row["height"] - top["y"]}
+            parts = [page.locator("header").screenshot(), page.screenshot(clip=clip, full_page=True)]
             if run:
                 names = page.eval_on_selector_all("#run-picker option", "os => os.map(o => o.textContent)")
                 index = next((i for i, n in enumerate(names) if f"({run})" in n), None)
@@ -57,14 +65,8 @@ def screenshot(report: Path, out: Path, run: str | None, sample: str | None, met
                 page.keyboard.press("Home")
                 for _ in range(layer):
                     page.keyboard.press("ArrowRight")
-            curves = page.locator("#curve-panels .panels").first
-            if model:
-                curves = page.locator(f"#curve-panels .panels:has(svg[data-model='{model}'])").first
-            # the curves' heading and task legend with the chosen model's row of panels
-            top, row = page.locator("#curves h2").bounding_box(), curves.bounding_box()
-            clip = {"x": 0, "y": top["y"], "width": width, "height": row["y"] + row["height"] - top["y"]}
-            parts = [page.locator("header").screenshot(), page.screenshot(clip=clip, full_page=True),
-                     page.locator("#samples").screenshot()]
+                page.locator("#layer-slider").blur()
+            parts.append(page.locator("#samples").screenshot())
         finally:
             browser.close()
     images = [Image.open(io.BytesIO(b)).convert("RGB") for b in parts]
