@@ -117,7 +117,7 @@ def write_runs(root: Path, sizes: list[int], seed: int = 0) -> dict[int, Path]:
 def child(run: Path, out: Path, n_boot: int, n_perm: int, figures: bool) -> None:
     """One analysis, as `horizon analyze` runs it; prints seconds, score rows and peak RSS as JSON."""
     from horizon.io.runs import count_rows
-    from horizon.report import analyze
+    from horizon.analysis import analyze
     from horizon.stats import StatsParams
 
     start = time.perf_counter()

@@ -15,9 +15,10 @@ from .data import Sample, read_jsonl  # noqa: E402
 from .io.runs import read_run  # noqa: E402
 from .stats import StatsParams  # noqa: E402
 from .records import Horizon  # noqa: E402
-from .report import analyze  # noqa: E402
+from .analysis import analyze  # noqa: E402
+from .report import report  # noqa: E402
 
 __all__ = [
     "HorizonError", "SampleError", "VisionLM", "load", "ScanConfig", "ScanResult", "scan",
-    "Sample", "read_jsonl", "read_run", "StatsParams", "Horizon", "analyze", "__version__",
+    "Sample", "read_jsonl", "read_run", "StatsParams", "Horizon", "analyze", "report", "__version__",
 ]

@@ -164,7 +164,7 @@ def _stats_params(args: argparse.Namespace):
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .report import analyze, format_table
+    from .analysis import analyze, format_table
 
     result = analyze(args.runs, args.out, metric=args.metric, params=_stats_params(args))
     print(format_table(result["summary"]))
@@ -184,10 +184,22 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .report import analyze
+    from .analysis import analyze
 
     result = analyze(args.runs, args.out, metric=args.metric, params=_stats_params(args), tables=False)
     print(f"wrote {len(result['figures'])} figure files to {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    result = report(args.runs, args.out, grids=args.grid, metric=args.metric, params=_stats_params(args),
+                    max_samples=args.max_samples, image_side=args.image_side, title=args.title)
+    n_runs, n_grids = len(args.runs), len(args.grid)
+    grids = f" and {n_grids} pruning grid{'s' * (n_grids != 1)}" if n_grids else ""
+    print(f"wrote {result['path']} ({result['size'] / 1e6:.2f} MB; {n_runs} run{'s' * (n_runs != 1)}{grids}): "
+          "one self-contained page, open it in any browser, offline")
     return 0
 
 
@@ -392,6 +404,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_options(p: argparse.ArgumentParser) -> None:
+    """The analysis settings (``StatsParams``, read back by ``_stats_params``), as analyze, plot and report take
+    them, and the one metric to analyse."""
+    p.add_argument("--metric", default=None, help="analyse one metric only (default: every metric present)")
+    p.add_argument("--threshold", type=float, default=0.05, help="vanishing threshold, fraction of the curve max")
+    p.add_argument("--alpha", type=float, default=0.05, help="Holm-corrected one-sided test level")
+    p.add_argument("--vanishing-test", choices=VANISHING_TESTS, default="not-significant",
+                   help="when information counts as vanished: not significantly above the threshold "
+                        "(not-significant) or significantly below it (equivalence; the safe reading for pruning)")
+    p.add_argument("--uniformity", type=float, default=0.9, help="uniformity level for the onset")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--n-perm", type=int, default=1000, help="permutations for comparison p-values")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _estimator_options(p: argparse.ArgumentParser) -> None:
     """The gradient and hybrid estimators' settings, as scan and validate-estimator take them."""
     p.add_argument("--hybrid-margin", type=int, default=1, help="hybrid: layers on each side of the estimated "
@@ -481,17 +508,22 @@ def build_parser() -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=text)
         a.add_argument("runs", nargs="+", help="run directories (DESIGN §3), any number of models and tasks")
         a.add_argument("--out", required=True, help="output directory")
-        a.add_argument("--metric", default=None, help="analyse one metric only (default: every metric present)")
-        a.add_argument("--threshold", type=float, default=0.05, help="vanishing threshold, fraction of the curve max")
-        a.add_argument("--alpha", type=float, default=0.05, help="Holm-corrected one-sided test level")
-        a.add_argument("--vanishing-test", choices=VANISHING_TESTS, default="not-significant",
-                       help="when information counts as vanished: not significantly above the threshold "
-                            "(not-significant) or significantly below it (equivalence; the safe reading for pruning)")
-        a.add_argument("--uniformity", type=float, default=0.9, help="uniformity level for the onset")
-        a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
-        a.add_argument("--n-perm", type=int, default=1000, help="permutations for comparison p-values")
-        a.add_argument("--seed", type=int, default=0)
+        _stats_options(a)
         a.set_defaults(func=func)
+
+    r = sub.add_parser("report", help="one self-contained interactive HTML page: summary, curves, every sample's "
+                       "windows layer by layer, comparisons, pruning grids")
+    r.add_argument("runs", nargs="+", help="run directories (DESIGN §3), any number of models and tasks")
+    r.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    r.add_argument("--grid", action="extend", nargs="+", default=[], metavar="DIR",
+                   help="a folder horizon prune-grid wrote (grid.csv and its cells); repeatable")
+    _stats_options(r)
+    r.add_argument("--max-samples", type=int, default=100, help="samples per run in the sample view (default: 100; "
+                   "the statistics use every sample)")
+    r.add_argument("--image-side", type=int, default=160, help="longest side of the embedded images, in pixels "
+                   "(default: 160)")
+    r.add_argument("--title", default="horizon report", help="the page's title")
+    r.set_defaults(func=_report)
 
     t = sub.add_parser("tasks", help="write the synthetic task test sets (deterministic)")
     t.add_argument("tasks", nargs="*", help="tasks to write (default: all)")

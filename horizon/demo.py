@@ -5,8 +5,9 @@ twice: with the paper's protocol (``keep``: only one 2x2 window of visual
 tokens kept from layer l on, read as the gain in the answer's probability over
 keeping none) and with horizon's complementary ``remove`` protocol (the window
 removed from layer l on). It analyses the runs, writes the figures and
-summary, and answers the paper's two questions from the data -- whichever way
-they come out:
+summary and the interactive report (``report.html``: every run and the pruning
+grid in one self-contained page), and answers the paper's two questions from
+the data -- whichever way they come out:
 
 1. Is the visually intensive (OCR-like) task's horizon deeper than the general ones'?
 2. Is the larger model's relative horizon deeper?
@@ -177,7 +178,8 @@ def _redo_if_stale(directory: Path, work):
 
 def run_demo(cfg: DemoConfig) -> dict:
     from .models import load
-    from .report import analyze, format_table
+    from .analysis import analyze, format_table
+    from .report import report
     from .scan import scan
     from .stats import StatsParams
 
@@ -214,11 +216,19 @@ def run_demo(cfg: DemoConfig) -> dict:
         what = "keep protocol, the paper's" if metric in KEEP_METRICS else "remove protocol, the comparison"
         lines.append(f"\n{metric} ({what}):")
         lines += ["  " + a for a in answers(result["comparisons"], summary, names, metric)]
+    grids = []
     if cfg.prune:
         lines += prune_demo(cfg)
+        grid_dir = cfg.runs / f"prune-{cfg.prune_model}"
+        grids = [grid_dir] if (grid_dir / "grid.csv").is_file() else []
     text = "\n".join(lines)
     print(text)
     (cfg.out / "demo.txt").write_text(text.lstrip() + "\n")
+    written = report(runs, cfg.out / "report.html", grids=grids, params=params)
+    # its size stays out of demo.txt, which reads the results; the page is checked against its 5 MB budget
+    print(f"\ninteractive report: {written['path']} ({written['size'] / 1e6:.2f} MB, every run"
+          + (" and the pruning grid" if grids else "") + "; one self-contained page, open it in a browser)")
+    result["report"] = written["path"]
     return result
 
 

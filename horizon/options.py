@@ -41,16 +41,30 @@ def check_out_folder(path: Path, option: str = "--out") -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise HorizonError(f"{option} {path} is a file, not a folder; choose a folder for {option}")
-    existing = path
+    _check_writable(path, path, option, "folder")
+
+
+def check_out_file(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an ``option`` file that is a folder, or whose folder is a file or cannot be written
+    in (found as :func:`check_out_folder` finds it, leaving nothing behind). A missing folder is fine: it is made."""
+    path = Path(path)
+    if path.is_dir():
+        raise HorizonError(f"{option} {path} is a folder; give a file name (e.g. {path / 'report.html'})")
+    _check_writable(path.parent, path, option, "file")
+
+
+def _check_writable(folder: Path, named: Path, option: str, what: str) -> None:
+    """Probe ``folder`` (or its nearest existing parent) for writing; a refusal names ``named``, the option's value."""
+    existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise HorizonError(f"{option} {path}: {existing} is a file, so no folder can be made under it; "
+        raise HorizonError(f"{option} {named}: {existing} is a file, so no {what} can be made under it; "
                            f"choose another {option}")
     probe = existing / f".write-probe.tmp-{os.getpid()}"  # named as a temporary file: a resume removes one a kill left
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         os.unlink(probe)
     except OSError as exc:
-        raise HorizonError(f"{option} {path}: cannot write there ({exc.strerror or exc}); choose a folder you can "
+        raise HorizonError(f"{option} {named}: cannot write there ({exc.strerror or exc}); choose a folder you can "
                            "write in") from None

@@ -35,7 +35,6 @@ closed after saving. No function calls ``plt.show``.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import textwrap
@@ -56,6 +55,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from .errors import HorizonError
+from .layout import block_extents, find_image, grid_blocks, groups_grid, image_specs, window_span
 from .records import FOUND, NO_INFORMATION, PERSISTS, Horizon
 
 DPI = 150
@@ -508,57 +508,28 @@ def _window_grid(values: pd.Series, groups: pd.DataFrame, grid_h: int, grid_w: i
     grid = np.full((grid_h, grid_w), np.nan)
     for g, r, c in zip(groups["group"], groups["row"], groups["col"]):
         if g in values.index:
-            grid[int(r):int(r) + k, int(c):int(c) + k] = values[g]
+            r0, r1, c0, c1 = window_span(r, c, (grid_h, grid_w), k)
+            grid[r0:r1, c0:c1] = values[g]
     return grid
+
+
+def _imshow_extent(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """A (x0, y0, x1, y1) box as imshow's extent (left, right, bottom, top), y growing downwards."""
+    x0, y0, x1, y1 = box
+    return (x0, x1, y1, y0)
 
 
 def _load_image(path: Any, image_root: Path | None):
     """The sample's image as an RGB array, or None when it is missing or unreadable."""
-    if path is None or (isinstance(path, float) and math.isnan(path)) or str(path) == "":
-        return None
     from .data import IMAGE_ERRORS, open_rgb
 
-    p = Path(str(path))
-    candidates = [p] if p.is_absolute() or image_root is None else [p, Path(image_root) / p]
-    for cand in candidates:
-        if cand.is_file():
-            try:
-                return np.asarray(open_rgb(cand))
-            except IMAGE_ERRORS:
-                return None
-    return None
-
-
-def _image_specs(srow: pd.Series) -> list[dict[str, Any]]:
-    """Per image of a sample row: path and its grids, each with shape (h, w), view rectangle (None when the run
-    has no record), level and index among the sample's grids.
-
-    Runs written before several grids per image were recorded have one grid per
-    image (its index is the image's); runs written before several images were
-    recorded have no ``images`` column: their one image is the ``image`` column,
-    its grid ``grid_h`` x ``grid_w``.
-    """
-    text = srow.get("images") if "images" in srow.index else None
-    if isinstance(text, str) and text:
-        specs = []
-        for i, im in enumerate(json.loads(text)):
-            entries = im.get("grids") or [{"grid": im["grid"], "view": im.get("view"), "level": "", "index": i}]
-            specs.append({"path": im.get("path"), "grids": [
-                {"grid": tuple(int(x) for x in e["grid"]), "level": e.get("level", ""), "index": int(e["index"]),
-                 "view": tuple(float(x) for x in e["view"]) if e.get("view") is not None else None}
-                for e in entries]})
-        return specs
-    grid = (int(srow["grid_h"]), int(srow["grid_w"]))
-    return [{"path": srow.get("image"), "grids": [{"grid": grid, "view": None, "level": "", "index": 0}]}]
-
-
-def _blocks(specs: list[dict[str, Any]]) -> list[tuple[int, str, list[dict[str, Any]]]]:
-    """(image, level, grids) per block of heatmap rows: an image's grids of one level (tiles) share axes."""
-    blocks = []
-    for i, spec in enumerate(specs):
-        levels = list(dict.fromkeys(g["level"] for g in spec["grids"]))
-        blocks += [(i, level, [g for g in spec["grids"] if g["level"] == level]) for level in levels]
-    return blocks
+    found = find_image(path, image_root)
+    if found is None:
+        return None
+    try:
+        return np.asarray(open_rgb(found))
+    except IMAGE_ERRORS:
+        return None
 
 
 def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.DataFrame, sample_id: Any,
@@ -587,7 +558,7 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
     if srow.empty:
         raise ValueError(f"sample {sample_id!r} is not in the samples table")
     srow = srow.iloc[0]
-    specs = _image_specs(srow)
+    specs = image_specs(srow)
     k = int(group_size)
     layers = [int(x) for x in layers]
     if not layers:
@@ -600,10 +571,9 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
     geo = groups[groups["sample_id"] == sample_id]
     if geo.empty:
         raise ValueError(f"sample {sample_id!r} has no rows in the groups table")
-    on_grid = geo["grid"].fillna(0).astype(int) if "grid" in geo.columns else (
-        geo["image"].fillna(0).astype(int) if "image" in geo.columns else pd.Series(0, index=geo.index))
+    on_grid = groups_grid(geo)
     per_layer = {layer: sc[sc["layer"] == layer].groupby("group")["value"].mean() for layer in layers}
-    blocks = _blocks(specs)
+    blocks = grid_blocks(specs)
     painted = {(g["index"], layer): _window_grid(per_layer[layer], geo[on_grid == g["index"]], *g["grid"], k)
                for _, _, grids in blocks for g in grids for layer in layers}
     finite = np.concatenate([g[np.isfinite(g)] for g in painted.values()])
@@ -622,19 +592,12 @@ def plot_token_heatmaps(scores: pd.DataFrame, groups: pd.DataFrame, samples: pd.
             mappable, used = None, []
             for b, (i, level, grids) in enumerate(blocks):
                 image = pictures[i]
-                if image is not None:
-                    h_px, w_px = image.shape[:2]
-                    frame = (0, w_px, h_px, 0)
-                    # each grid spans its view (it may reach past a padded image); axes stay on the image
-                    extents = [(g["view"][0], g["view"][2], g["view"][3], g["view"][1]) if g["view"] is not None
-                               else frame for g in grids]
-                    xlabel, ylabel = "image x (px)", "image y (px)"
-                else:
-                    # no image: the grids side by side in token units
-                    offsets = np.cumsum([0] + [g["grid"][1] for g in grids])
-                    extents = [(o, o + g["grid"][1], g["grid"][0], 0) for o, g in zip(offsets, grids)]
-                    frame = (0, int(offsets[-1]), max(g["grid"][0] for g in grids), 0)
-                    xlabel, ylabel = "token column", "token row"
+                # each grid spans its view (it may reach past a padded image); axes stay on the image. Without an
+                # image: the grids side by side in token units
+                box, boxes, unit = block_extents(grids, image.shape[1::-1] if image is not None else None)
+                frame = _imshow_extent(box)
+                extents = [_imshow_extent(e) for e in boxes]
+                xlabel, ylabel = ("image x (px)", "image y (px)") if unit == "px" else ("token column", "token row")
                 block_axes = list(axes[b * block:(b + 1) * block].flat)
                 where = " ".join(x for x in (f"image {i + 1}" if n_images > 1 else "", level) if x)
                 for j, (ax, layer) in enumerate(zip(block_axes, layers)):

@@ -36,7 +36,7 @@ import pandas as pd
 from .errors import HorizonError
 from .io.runs import count_rows, read_config, read_scores, table_files
 from .models import VisionLM, load
-from .report import summary_records
+from .analysis import summary_records
 from .scan import ScanConfig, scan
 from .scores import RAW_METRICS
 from .stats import StatsParams, agreement, agreement_summary, horizon_agreement, load_runs

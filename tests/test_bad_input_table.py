@@ -115,6 +115,16 @@ def analyze_args(w, tmp, *extra, runs=None, out=None):
             "--n-boot", "20", "--n-perm", "20", *extra]
 
 
+def report_args(w, tmp, *extra, runs=None, out=None):
+    return ["report", *[str(r) for r in (runs or [w["run"]])], "--out", str(out or tmp / "report.html"),
+            "--n-boot", "20", "--n-perm", "20", *extra]
+
+
+def a_folder(tmp, name: str) -> Path:
+    (tmp / name).mkdir()
+    return tmp / name
+
+
 def garbage_weights(w, tmp) -> Path:
     import shutil
 
@@ -217,6 +227,23 @@ CASES = [
     ("analyze-uniformity-above-one", lambda w, t: analyze_args(w, t, "--uniformity", "1.5"), ["uniformity"]),
     ("analyze-n-perm-zero", lambda w, t: analyze_args(w, t, "--n-perm", "0"), ["n-perm"]),
     ("analyze-out-is-a-file", lambda w, t: analyze_args(w, t, out=text_file(t, "out.txt", "x")), ["out.txt"]),
+    # report
+    ("report-run-missing", lambda w, t: report_args(w, t, runs=[t / "no-such-run"]), ["no-such-run"]),
+    ("report-not-a-run", lambda w, t: report_args(w, t, runs=[w["analysis"]]), ["analysis", "samples"]),
+    ("report-no-run-json", lambda w, t: report_args(w, t, runs=[broken_run(w, t, "no-run-json")]), ["run.json"]),
+    ("report-garbage-scores", lambda w, t: report_args(w, t, runs=[broken_run(w, t, "garbage-scores")]),
+     ["scores"]),
+    ("report-out-is-a-folder", lambda w, t: report_args(w, t, out=a_folder(t, "reports")), ["reports", "folder"]),
+    ("report-out-under-a-file", lambda w, t: report_args(w, t, out=text_file(t, "out.txt", "x") / "report.html"),
+     ["out.txt", "is a file"]),
+    ("report-out-unwritable", lambda w, t: report_args(w, t, out=Path("/proc/horizon-report.html")),
+     ["/proc/horizon-report.html", "cannot write"]),
+    ("report-grid-not-a-grid", lambda w, t: report_args(w, t, "--grid", str(w["analysis"])),
+     ["--grid", "grid.csv"]),
+    ("report-grid-missing", lambda w, t: report_args(w, t, "--grid", str(t / "no-grid")), ["--grid", "no-grid"]),
+    ("report-metric-absent", lambda w, t: report_args(w, t, "--metric", "gain_prob"), ["gain_prob"]),
+    ("report-n-boot-zero", lambda w, t: report_args(w, t, "--n-boot", "0"), ["boot"]),
+    ("report-max-samples-zero", lambda w, t: report_args(w, t, "--max-samples", "0"), ["--max-samples"]),
 ]
 
 
@@ -237,7 +264,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, capsy
     assert after == before, "a refused command changed files on disk"
 
 
-@pytest.mark.parametrize("row", ["scan-garbage-weights", "eval-out-is-analysis", "analyze-truncated-run-json"])
+@pytest.mark.parametrize("row", ["scan-garbage-weights", "eval-out-is-analysis", "analyze-truncated-run-json",
+                                 "report-out-is-a-folder"])
 def test_refusals_print_no_traceback_from_the_console(world, tmp_path, row):
     make, words = {c[0]: c[1:] for c in CASES}[row]
     argv = make(world, tmp_path)

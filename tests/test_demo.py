@@ -41,4 +41,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "pruning (exact-match accuracy" in printed
     assert ("= horizon" in printed) == (grid.switch == "horizon").any()  # 3 samples may give no usable horizon
     assert (out / "prune_tradeoff_llava-l_ocr.png").exists() and (out / "prune_tradeoff_llava-l_colour.pdf").exists()
+    # the interactive report: every scan run and the pruning grid, its size printed
+    report = (out / "report.html").read_bytes()
+    assert f"interactive report: {out / 'report.html'} ({len(report) / 1e6:.2f} MB" in printed
+    assert len(report) < 5e6 and report.count(b'"name":"prune-llava-l"') == 1
+    assert all(f'"name":"{p.name}"'.encode() in report for p in scans)
     assert main(args) == 0  # a rerun resumes the finished runs
+    assert (out / "report.html").read_bytes() == report  # and writes the same report, byte for byte

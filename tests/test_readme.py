@@ -27,3 +27,11 @@ def test_readme_pruning_example_runs():
     result = run_readme_example("prune_eval(")["result"]
     assert len(result.predictions) == 3 * 2  # samples x seeds
     assert set(result.predictions.schedule) == {"divprune@0:12,random@2:4"}
+
+
+def test_readme_report_example_runs():
+    namespace = run_readme_example("horizon.report(")
+    result = namespace["result"]
+    page = result["path"].read_text(encoding="utf-8")
+    assert result["size"] == len(page.encode("utf-8")) and 'id="report-data"' in page
+    assert set(result["summary"].metric) == {"dlogp", "kl"} and "data:image/" in page
