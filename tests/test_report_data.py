@@ -125,7 +125,8 @@ def test_estimated_runs_are_labelled(runs, tmp_path):
                           images=sorted((root / "img-shapes").glob("*.png")), estimator="gradient")
     data = report_data([estimated, runs["a-codes"]], params=PARAMS)
     by_model = {r["model"]: r for r in data["summary"]}
-    assert by_model["model-e"]["estimate"] == "gradient" and by_model["model-a"]["estimate"] is None
+    # the analysis names an estimate's model as one, and the page tags its rows
+    assert by_model["model-e (gradient estimate)"]["estimate"] == "gradient" and by_model["model-a"]["estimate"] is None
     assert [r["estimator"] for r in data["runs"]] == ["gradient", None]
 
 

@@ -37,6 +37,7 @@ from .. import __version__
 from ..errors import HorizonError
 from ..io import runs as store
 from ..layout import block_extents, find_image, grid_blocks, groups_grid, image_specs, span_box, window_span
+from ..options import ESTIMATORS
 from ..records import Horizon
 from ..scores import RAW_METRICS
 from ..stats import StatsParams, analyze_frames, load_runs
@@ -44,7 +45,6 @@ from ..stats import StatsParams, analyze_frames, load_runs
 SAMPLE_COLUMNS = ["sample_id", "task", "question", "answer", "clean_pred", "status", "image", "images", "grid_h",
                   "grid_w"]
 GROUP_COLUMNS = ["sample_id", "group", "row", "col", "image", "grid"]
-ESTIMATORS = ("gradient", "hybrid")  # run.json "estimator" values whose scores are estimates, not measurements
 
 
 # ---------------------------------------------------------------- numbers
@@ -83,7 +83,7 @@ def _hex(rgb: Sequence[float]) -> str:
 def estimator_of(config: dict[str, Any]) -> str | None:
     """The estimator whose scores a run holds (``gradient``, ``hybrid``), or None for measured scores."""
     name = config.get("estimator")
-    if name in ESTIMATORS:
+    if name in ESTIMATORS and name != "exact":
         return str(name)
     return "estimate" if config.get("estimated") else None
 
