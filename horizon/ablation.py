@@ -1,6 +1,6 @@
 """The ablation engine: remove visual positions from layer l on, exactly and fast.
 
-Definition (DESIGN §2): removing a set R at layer l means that from layer l on
+Definition (the README's What is measured section): removing a set R at layer l means that from layer l on
 no position attends to R, with every other token keeping its original position
 id. That equals deleting R's hidden states before layer l, which is what this
 engine does -- it never computes what cannot change:

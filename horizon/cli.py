@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("scan", help="measure per-layer information of visual tokens; write a run directory")
     s.add_argument("--model", required=True, help="hub id or local checkpoint directory")
-    s.add_argument("--data", required=True, help="dataset JSONL (DESIGN §4)")
+    s.add_argument("--data", required=True, help="dataset JSONL (the README's Dataset file section)")
     s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--layers", default="all", help="all | 0,4,8 | 0:32:2 (default: all)")
     s.add_argument("--group", type=int, default=2, help="k x k window of visual tokens per group (default: 2)")
@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate-estimator", help="scan a few samples exactly and with an estimator; "
                        "correlations, top overlap, horizons, speed-up")
     v.add_argument("--model", required=True, help="hub id or local checkpoint directory")
-    v.add_argument("--data", required=True, help="dataset JSONL (DESIGN §4)")
+    v.add_argument("--data", required=True, help="dataset JSONL (the README's Dataset file section)")
     v.add_argument("--out", required=True, help="output directory: both runs (resumable) and the agreement tables")
     v.add_argument("--estimator", default="gradient", help="the estimator to check, as horizon scan takes it: "
                    "gradient (default) | hybrid; exact scans a second time exactly, which must agree perfectly")
@@ -506,14 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("analyze", _analyze, "horizon, uniformity and comparisons: tables and figures"),
                              ("plot", _plot, "figures only")):
         a = sub.add_parser(name, help=text)
-        a.add_argument("runs", nargs="+", help="run directories (DESIGN §3), any number of models and tasks")
+        a.add_argument("runs", nargs="+", help="run directories (the README's Run directory section), any number of models and tasks")
         a.add_argument("--out", required=True, help="output directory")
         _stats_options(a)
         a.set_defaults(func=func)
 
     r = sub.add_parser("report", help="one self-contained interactive HTML page: summary, curves, every sample's "
                        "windows layer by layer, comparisons, pruning grids")
-    r.add_argument("runs", nargs="+", help="run directories (DESIGN §3), any number of models and tasks")
+    r.add_argument("runs", nargs="+", help="run directories (the README's Run directory section), any number of models and tasks")
     r.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
     r.add_argument("--grid", action="extend", nargs="+", default=[], metavar="DIR",
                    help="a folder horizon prune-grid wrote (grid.csv and its cells); repeatable")
@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def eval_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="hub id or local checkpoint directory")
-        p.add_argument("--data", required=True, help="questions: DESIGN §4 JSONL or a LLaVA eval JSONL")
+        p.add_argument("--data", required=True, help="questions: horizon JSONL (the README's Dataset file section) or a LLaVA eval JSONL")
         p.add_argument("--answers", default=None, help="ground truth for LLaVA eval files (TextVQA json, VQAv2 "
                        "annotations json, MME release folder, POPE coco_pope_*.json folder)")
         p.add_argument("--image-folder", default=None, help="images of a LLaVA eval file")

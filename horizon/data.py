@@ -1,4 +1,4 @@
-"""Dataset files: DESIGN §4 JSONL, one sample per line.
+"""Dataset files: horizon JSONL (the README's Dataset file section), one sample per line.
 
 ``{"id": str, "image": path relative to the file (or a list of them, one per
 image of the prompt), "question": str, "answer": str or [str, ...], "task": str}``;

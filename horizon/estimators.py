@@ -5,8 +5,8 @@ Removal as gates. Give every (layer j, key position k) a gate ``a[j, k]`` in
 (attention weights proportional to ``a * exp(score)``, i.e. ``log a`` added to
 the attention logits of that key in every head). All gates open (a = 1) is
 the clean model; closing the gates of a group g in layers l..L-1 (a = 0, a
-logit of -inf) is exactly the engine's removal of g from layer l on (DESIGN
-§2: from layer l on no position attends to g). ``gated_logprobs`` runs the
+logit of -inf) is exactly the engine's removal of g from layer l on (from
+layer l on no position attends to g).  ``gated_logprobs`` runs the
 model with any gate values; a test checks the closed end point against the
 engine.
 

@@ -3,7 +3,7 @@
 Inputs are the long-form frames of :mod:`horizon.stats` (``curves``: one row
 per model, task, metric, layer; ``summary``: one row per model, task, metric)
 and, for the per-sample figures, a run's raw ``scores``, ``groups`` and
-``samples`` tables (DESIGN §3).
+``samples`` tables (the README's Run directory section).
 
 Every figure is written twice, ``NAME.png`` (raster, at the figure's dpi) and
 ``NAME.pdf`` (vector, fonts embedded as TrueType), by :func:`save`. Figures
@@ -64,7 +64,7 @@ PALETTE = "colorblind"
 CMAP = "viridis"
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">")
 
-# Axis labels for the metrics of DESIGN §2 (anything else falls back to its name).
+# Axis labels for the metrics of the README's What is measured section (anything else falls back to its name).
 INFO_LABELS = {
     "kl": "information (KL, nats)",
     "dlogp": "information (Δ log p, nats)",

@@ -43,7 +43,7 @@ log = logging.getLogger("horizon")
 
 @dataclass
 class ScanConfig:
-    """What to measure. Defaults follow DESIGN §2 and §4."""
+    """What to measure. Defaults follow the README's sections What is measured and Dataset file."""
 
     layers: str | Sequence[int] = "all"
     group: int = 2
@@ -679,7 +679,7 @@ def scan(
 
     ``scan(model, samples, layers="all", group=2, metrics=("kl", "dlogp"))``.
     ``model`` is a loaded :class:`VisionLM` or a hub id / directory; ``samples``
-    a DESIGN §4 JSONL path or records. Options are the fields of
+    a horizon JSONL (the README's Dataset file section) path or records. Options are the fields of
     :class:`ScanConfig`. With ``out`` the run directory is written (and resumed
     with ``resume=True``); the returned frames are the same tables, read from
     it when first asked for. ``shard="i/n"`` scans every n-th sample from the

@@ -1,4 +1,4 @@
-"""Scores: how an ablation changed the answer's distribution (DESIGN §2).
+"""Scores: how an ablation changed the answer's distribution (the README's What is measured section).
 
 All inputs are float64 log-probabilities at the scored answer positions (the
 engine's log-softmax runs in float64; values are stored as float32):

@@ -97,7 +97,7 @@ def generate(task: str, n: int, seed: int, size: int = 96, cell: int = 16):
 
 
 def write_task(task: str, out: str | Path, n: int = 300, seed: int = 1234, size: int = 96, cell: int = 16) -> Path:
-    """Write ``out/TASK/test.jsonl`` and its PNGs (DESIGN §4); returns the JSONL path."""
+    """Write ``out/TASK/test.jsonl`` and its PNGs (the README's Dataset file section); returns the JSONL path."""
     folder = Path(out) / task
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = []

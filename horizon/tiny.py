@@ -334,7 +334,7 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None, **overrides) -> Pa
 
 
 def write_tiny_dataset(out: str | Path, n: int = 4, seed: int = 0, size: tuple[int, int] = (64, 64)) -> Path:
-    """A few random-noise images with shape-colour questions, as DESIGN §4 JSONL."""
+    """A few random-noise images with shape-colour questions, as horizon JSONL (the README's Dataset file section)."""
     import json
 
     import numpy as np

@@ -147,7 +147,7 @@ def _batch(vlm, rng: np.random.Generator, spec: ZooSpec, tasks: Sequence[str]):
 
 @torch.no_grad()
 def evaluate(vlm, data: Path | str, limit: int | None = None, max_new_tokens: int = 4) -> float:
-    """Greedy exact-match accuracy on a DESIGN §4 JSONL file."""
+    """Greedy exact-match accuracy on a horizon JSONL (the README's Dataset file section) file."""
     from .data import read_jsonl
     from .scan import encode_sample, greedy_answer
 

@@ -39,7 +39,7 @@ def models(checkpoints) -> dict[str, horizon.VisionLM]:
 
 
 def write_dataset(root: Path, n: int, size: tuple[int, int], seed: int = 0, answers=None) -> Path:
-    """n random images with questions, as DESIGN §4 JSONL; returns the file."""
+    """n random images with questions, as horizon JSONL (the README's Dataset file section); returns the file."""
     rng = np.random.default_rng(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
     answers = answers or ["red", "blue green", "yes", "four"]

@@ -49,7 +49,7 @@ def synthetic_scores(shape="sharp", n_samples=40, n_layers=16, groups=16, onset=
 
 def write_run(path: Path, frames: list[pd.DataFrame], model: str, n_layers: int, grid: int = 4,
               parts: bool = False, image: Path | None = None) -> Path:
-    """A hand-made run directory following DESIGN §3 (no model involved)."""
+    """A hand-made run directory following the README's Run directory section (no model involved)."""
     path.mkdir(parents=True, exist_ok=True)
     scores = pd.concat(frames, ignore_index=True)
     (path / "run.json").write_text(json.dumps({"model": model, "n_layers": n_layers, "group": 1}))

@@ -45,7 +45,7 @@ def scan(model, data, out, *extra):
 
 
 def write_data(root: Path, records: list[dict], tail: bytes = b"") -> Path:
-    """A DESIGN §4 file with a 16 x 16 image 'ok.png' next to it (16 px: a 2 x 2 grid for the tiny llava)."""
+    """A horizon JSONL file with a 16 x 16 image 'ok.png' next to it (16 px: a 2 x 2 grid for the tiny llava)."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     pixels = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype("uint8")
     Image.fromarray(pixels).save(root / "img" / "ok.png")

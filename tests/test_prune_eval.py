@@ -55,7 +55,7 @@ def norm(text: str) -> str:
 
 
 def rewrite_answers(data: Path, name: str, answers: list) -> Path:
-    """A copy of a DESIGN jsonl (same images, next to it) with other answers."""
+    """A copy of a horizon JSONL file (same images, next to it) with other answers."""
     rows = [json.loads(x) for x in data.read_text().splitlines()]
     assert len(rows) == len(answers)
     out = data.parent / name

@@ -7,7 +7,7 @@ One module per benchmark, each registering a :class:`Benchmark` in
 =========  ==========  ======================================================
 format     metric      files and scoring
 =========  ==========  ======================================================
-jsonl      exact, vqa  horizon's own JSONL (DESIGN §4); exact match (horizon's
+jsonl      exact, vqa  horizon's own JSONL (the README's Dataset file section); exact match (horizon's
                        convention) or, with 10 answers per sample, VQAv2's
 textvqa    textvqa     LLaVA's TextVQA files; LLaVA's eval_textvqa (EvalAI)
 vqav2      vqa         VQAv2 question + annotation files; the official VQA eval
@@ -67,7 +67,7 @@ def read_eval(data: str | Path, *, answers: str | Path | None = None, image_fold
     ``image_folder`` (``--image-folder``) is the folder the question file's image
     names are relative to; without it, the question file's own folder (the MME
     release folder for ``mme``). ``format`` is ``auto`` or a name in :data:`BENCHMARKS`. Without
-    ``strict`` (``--on-error skip``) a DESIGN JSONL line that is not a sample becomes one carrying its problem.
+    ``strict`` (``--on-error skip``) a horizon JSONL line that is not a sample becomes one carrying its problem.
     """
     if format != "auto" and format not in BENCHMARKS:
         raise HorizonError(f"--format {format!r}: unknown format; use one of {', '.join(format_choices())}")

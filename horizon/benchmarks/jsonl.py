@@ -1,4 +1,4 @@
-"""horizon's own dataset file (DESIGN §4 JSONL), for ``--format jsonl``.
+"""horizon's own dataset file (horizon JSONL (the README's Dataset file section)), for ``--format jsonl``.
 
 One ``{"id", "image" (relative to the file), "question", "answer": str | [str],
 "task"}`` per line (``horizon.data.read_jsonl``); the question is used

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN §3): run.json, and the samples, groups and scores tables as append-only parts.
+"""The run directory (the README's Run directory section): run.json, and the samples, groups and scores tables as append-only parts.
 
 Layout written by ``horizon scan``::
 

@@ -258,7 +258,7 @@ class Adapter:
 
     # -- attention pattern -----------------------------------------------
     # The engine, pruning and decoding build masks from these, always on ORIGINAL sequence positions:
-    # deleting positions and slicing the original mask is what removal means (DESIGN §2).
+    # deleting positions and slicing the original mask is what removal means (the README's What is measured section).
     def layer_types(self, language_model: torch.nn.Module) -> list[str]:
         """Per decoder layer, its attention type; layers of one type share a mask and a rotary embedding."""
         return ["causal"] * len(self.decoder_layers(language_model))

@@ -744,7 +744,7 @@ def prune_eval(
     """Generate greedy answers with a pruning schedule applied, score them, and measure cost.
 
     ``prune_eval(model, "data.jsonl", schedule="divprune@0:284,random@20:38")``.
-    ``data`` is a question file (DESIGN §4 JSONL or a LLaVA eval file, with
+    ``data`` is a question file (horizon JSONL (the README's Dataset file section) or a LLaVA eval file, with
     ``answers`` / ``image_folder`` as they need), an :class:`EvalSet`, or
     Samples. Options are the fields of :class:`PruneConfig`.
 

@@ -2,7 +2,7 @@
 
 At a stage ``method@l:keep`` the method picks which visual tokens stay, from
 what layer l (and, for FastV and DART, layer l - 1) exposes; every other visual token's hidden
-state is deleted before layer l, so layers l.. never see it (DESIGN §2's
+state is deleted before layer l, so layers l.. never see it (the README's What is measured section:
 removal, the deletion the paper's reference code does). The KV cache of
 layers >= l therefore holds only the kept tokens, and every decoding step
 attends to exactly what prefill kept. Text tokens are never pruned.

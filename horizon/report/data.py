@@ -1,4 +1,4 @@
-"""What the report shows, assembled from the run schema alone (DESIGN §3) as one JSON-ready dict.
+"""What the report shows, assembled from the run schema alone (the README's Run directory section) as one JSON-ready dict.
 
 Nothing here needs a model or a scan: any directory that follows the run
 schema (written by ``horizon scan``, by hand or by another tool) makes a

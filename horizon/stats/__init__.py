@@ -1,4 +1,4 @@
-"""Statistics of information curves: uniformity, the horizon, comparisons (DESIGN §2).
+"""Statistics of information curves: uniformity, the horizon, comparisons (the README's What is measured section).
 
 Pure functions of DataFrames; no model needed. The pipeline:
 

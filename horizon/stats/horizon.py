@@ -1,4 +1,4 @@
-"""Curves, the horizon and the uniformity onset, with bootstrap CIs (DESIGN §2).
+"""Curves, the horizon and the uniformity onset, with bootstrap CIs (the README's What is measured section).
 
 Pure functions of the per-sample frame (``per_sample.sample_layer_stats``):
 ``curves`` (per layer means with bootstrap CIs), ``estimate`` and
