@@ -480,16 +480,24 @@ def scan_sample(vlm: VisionLM, sample: Sample, cfg: ScanConfig, layers: list[int
 
 class _BatchFraction:
     """A sample's fraction of batches done, for ``on_batch``: batches are planned round by round (hybrid), so
-    the fraction is of those planned so far, held below 1 until ``finish`` reports exactly 1.0."""
+    the fraction is of those planned so far, held below 1 until ``finish`` reports exactly 1.0. ``done``
+    batches ran before the first plan (the keep protocol's baselines); they are reported once it is known
+    what they are a fraction of."""
 
     def __init__(self, on_batch, done: int):
-        self.on_batch, self.done, self.total = on_batch, done, done
+        self.on_batch, self.done, self.total, self.pending = on_batch, done, done, done > 0
 
     def planned(self, n: int) -> None:
         self.total += n
+        if self.pending:
+            self.pending = False
+            self._report()
 
     def batch_done(self) -> None:
         self.done += 1
+        self._report()
+
+    def _report(self) -> None:
         if self.on_batch and self.done < self.total:
             self.on_batch(self.done / self.total)
 

@@ -1,8 +1,8 @@
 """The report on runs of several architectures, scanned for real: every window lands on its image rectangle.
 
-Tiny checkpoints (``horizon.testing``) of LLaVA-1.5 (a 5 x 5 grid: ragged 2 x 2 windows at the edges),
-Qwen2.5-VL (a 3 x 5 dynamic grid), LLaVA-NeXT (a base grid plus a high-resolution grid) and Idefics3 (two
-tiles plus a thumbnail) scan two samples each. The rectangle of every window in the report is checked
+Tiny checkpoints (``horizon.testing``) of every registered family scan two samples each, among them
+LLaVA-1.5 (a 5 x 5 grid: ragged 2 x 2 windows at the edges), Qwen2.5-VL (a 3 x 5 dynamic grid), LLaVA-NeXT
+(a base grid plus a high-resolution grid) and Idefics3 (two tiles plus a thumbnail). The rectangle of every window in the report is checked
 against an independent computation from the adapter itself (its grids, their view rectangles and
 ``groups.tile``, with the cell arithmetic written out here), both in the report's data and in the page the
 browser draws.
@@ -23,7 +23,7 @@ from horizon.testing import TINY_FAMILIES, build_tiny
 from browser import chromium, offline_page
 from conftest import write_dataset
 
-ARCHS = ("llava", "qwen2_5_vl", "llava_next", "idefics3")
+ARCHS = tuple(sorted(TINY_FAMILIES))  # every registered family: a new one is checked by being registered
 K = 2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,7 +93,8 @@ def test_windows_in_the_data_match_the_adapters_geometry(family_report):
                 assert close(box, box_want), (arch, box, box_want)
             assert len(sample["scores"]["dlogp"]) == len(run["layers"]) * len(want)
     multi = {arch: len(run["samples"][0]["blocks"]) for arch, run in zip(ARCHS, data["runs"])}
-    assert multi == {"llava": 1, "qwen2_5_vl": 1, "llava_next": 2, "idefics3": 2}
+    assert {a: multi[a] for a in ("llava", "qwen2_5_vl", "llava_next", "idefics3")} == \
+        {"llava": 1, "qwen2_5_vl": 1, "llava_next": 2, "idefics3": 2}
     # idefics3's two tiles share one block, each window on its own half of the image
     idefics = data["runs"][ARCHS.index("idefics3")]["samples"][0]
     tiles = [w for w in idefics["windows"] if idefics["blocks"][w[0]]["label"] == "tiles"]

@@ -49,17 +49,16 @@ def report(runs: Sequence[str | Path], out: str | Path, *, grids: Sequence[str |
     embedded pictures. Returns ``analyze``'s frames (``summary``, ``curves``,
     ``comparisons``, ...) with ``path`` (the file) and ``size`` (its bytes).
     """
-    from ..options import check_out_file
+    from ..options import check_out_file, is_whole_number
     from .data import read_grid, report_data
     from .page import write_page
 
     out = Path(out)
     check_out_file(out)  # before the runs are read: a refusal leaves nothing behind
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
-                                    or max_samples < 1):
+    if max_samples is not None and (not is_whole_number(max_samples) or max_samples < 1):
         raise HorizonError(f"--max-samples must be a positive number of samples (leave it out for 100), "
                            f"got {max_samples!r}")
-    if isinstance(image_side, bool) or not isinstance(image_side, int) or image_side < 8:
+    if not is_whole_number(image_side) or image_side < 8:
         raise HorizonError(f"--image-side must be a whole number of pixels of at least 8, got {image_side!r}")
     for folder in grids:
         read_grid(folder)  # a bad --grid is named before the runs are analysed
