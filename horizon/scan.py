@@ -279,12 +279,16 @@ def first_text_token(tokenizer: Any, ids: Sequence[int]) -> int | None:
 
 ESTIMATOR_METHOD = ("gradient (attribution patching): dlogp = sum over layers >= l and the group's keys of d log p(y) / "
                     "d log(attention gate) at the clean point; dprob = p(y) * that; kl = second order, 1/2 sum over "
-                    "the {k} most probable tokens of p_v (first-order change of log p_v)^2. Estimates, not measured "
-                    "removals; no numerical floor is measured")
+                    "the {k} most probable tokens of p_v (first-order change of log p_v)^2 (the Fisher form, without "
+                    "the saturation fix). Estimates, not measured removals; no numerical floor is measured")
 SATURATION_METHOD = ("saturation fix (AtP*-style): each layer's attention output without the group is recomputed exactly "
                      "((m o - u) / (1 - m) per query and head, m the query's attention mass on the group, u its "
                      "share of the output) and only its effect on the answer is linearised, instead of linearising "
-                     "the softmax too (which misses queries that attend almost only to the group)")
+                     "the softmax too (which misses queries that attend almost only to the group); the change is "
+                     "carried linearly to the logits of the answer and of the max(kl_tokens, 8) most probable "
+                     "tokens, and dlogp, dprob and kl are read off the output softmax of those moved logits, the "
+                     "other tokens moved by their first-order mean (kl is then KL(p || q) of that distribution, not "
+                     "the Fisher form)")
 HYBRID_METHOD = ("the gradient estimate everywhere, then the exact engine for every group of the scanned layers within "
                  "`margin` of the sample's estimated horizon and the `top` share of groups per layer by the estimate; "
                  "the horizon is then re-read with the measured scores in place of the estimates and the layers "
