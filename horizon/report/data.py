@@ -1,4 +1,5 @@
-"""What the report shows, assembled from the run schema alone (the README's Run directory section) as one JSON-ready dict.
+"""What the report shows, assembled from the run schema alone (the README's Run directory section) as one
+JSON-ready dict.
 
 Nothing here needs a model or a scan: any directory that follows the run
 schema (written by ``horizon scan``, by hand or by another tool) makes a
@@ -276,13 +277,17 @@ def run_samples(run: dict[str, Any], metric: str | None, images: ImageStore, max
 # ---------------------------------------------------------------- tables
 
 
+def _json_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A table row as JSON: numbers through :func:`number` (NaN as null), everything else as text."""
+    return {k: (number(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else _text(v))
+            for k, v in record.items()}
+
+
 def _summary_rows(summary: pd.DataFrame, estimated: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     rows = []
     for r in summary.to_dict("records"):
-        h = Horizon.from_record(r)
-        row = {k: (number(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else _text(v))
-               for k, v in r.items()}
-        row["status_text"] = h.describe()
+        row = _json_row(r)
+        row["status_text"] = Horizon.from_record(r).describe()
         row["estimate"] = estimated.get((str(r["model"]), str(r["task"])))
         rows.append(row)
     return rows
@@ -303,8 +308,7 @@ def _curve_series(curves: pd.DataFrame, digits: int) -> list[dict[str, Any]]:
 
 
 def _comparison_rows(comparisons: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: (number(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else _text(v))
-             for k, v in r.items()} for r in comparisons.to_dict("records")]
+    return [_json_row(r) for r in comparisons.to_dict("records")]
 
 
 def _colors(keys: Sequence[str]) -> dict[str, str]:
@@ -440,10 +444,9 @@ def report_data(runs: Sequence[str | Path], *, grids: Sequence[str | Path] = (),
     run_views = [run_samples(run, metric, images, max_samples, digits) for run in loaded]
     estimated: dict[tuple[str, str], str] = {}
     for run, view in zip(loaded, run_views):
-        name = estimator_of(run["config"])
-        if name:
+        if view["estimator"]:
             for task in sorted({str(t) for t in run["samples"].task.dropna()}):
-                estimated[(run["model"], task)] = name
+                estimated[(run["model"], task)] = view["estimator"]
     summary, curves = result["summary"], result["curves"]
     metrics = sorted({str(m) for m in summary.metric})
     from ..plots import SHORT_LABELS, info_label
