@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", type=Path, help="local checkpoint to measure (repeatable); "
                     "default: two random-weight checkpoints built here")
-    ap.add_argument("--data", type=Path, help="horizon JSONL (the README's Dataset file section) for --model (default: random-noise images)")
+    ap.add_argument("--data", type=Path, help="horizon JSONL (the README's Dataset file section) for --model "
+                    "(default: random-noise images)")
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--group", type=int, default=2, help="window size k")
     ap.add_argument("--target", choices=("pred", "gt"), default="pred",

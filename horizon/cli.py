@@ -506,14 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("analyze", _analyze, "horizon, uniformity and comparisons: tables and figures"),
                              ("plot", _plot, "figures only")):
         a = sub.add_parser(name, help=text)
-        a.add_argument("runs", nargs="+", help="run directories (the README's Run directory section), any number of models and tasks")
+        a.add_argument("runs", nargs="+", help="run directories (the README's Run directory section), "
+                       "any number of models and tasks")
         a.add_argument("--out", required=True, help="output directory")
         _stats_options(a)
         a.set_defaults(func=func)
 
     r = sub.add_parser("report", help="one self-contained interactive HTML page: summary, curves, every sample's "
                        "windows layer by layer, comparisons, pruning grids")
-    r.add_argument("runs", nargs="+", help="run directories (the README's Run directory section), any number of models and tasks")
+    r.add_argument("runs", nargs="+", help="run directories (the README's Run directory section), "
+                   "any number of models and tasks")
     r.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
     r.add_argument("--grid", action="extend", nargs="+", default=[], metavar="DIR",
                    help="a folder horizon prune-grid wrote (grid.csv and its cells); repeatable")
@@ -545,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def eval_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="hub id or local checkpoint directory")
-        p.add_argument("--data", required=True, help="questions: horizon JSONL (the README's Dataset file section) or a LLaVA eval JSONL")
+        p.add_argument("--data", required=True, help="questions: horizon JSONL (the README's Dataset file section) "
+                       "or a LLaVA eval JSONL")
         p.add_argument("--answers", default=None, help="ground truth for LLaVA eval files (TextVQA json, VQAv2 "
                        "annotations json, MME release folder, POPE coco_pope_*.json folder)")
         p.add_argument("--image-folder", default=None, help="images of a LLaVA eval file")

@@ -528,8 +528,8 @@ def hybrid_rounds(estimate: np.ndarray, first: np.ndarray, margin: int,
                   measure: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The hybrid estimator's exact part: measure the cells ``first`` marks (:func:`hybrid_plan`), then, round by
     round, every cell of the band around the horizon of the scores so far (:func:`hybrid_band`: measured
-    scores in place of the estimates) not measured yet, until a round adds nothing. ``measure(cells)`` gets a (layers x groups) mask and returns the measured scores of its
-    cells in row-major order. Returns the scores (measured where measured, estimated elsewhere) and the mask of
+    scores in place of the estimates) not measured yet, until a round adds nothing. ``measure(cells)`` gets a
+    (layers x groups) mask and returns the measured scores of its cells in row-major order. Returns the scores (measured where measured, estimated elsewhere) and the mask of
     what was measured."""
     values = estimate.copy()
     done = np.zeros(estimate.shape, dtype=bool)

@@ -1,4 +1,5 @@
-"""Run directories written by hand, with pandas, pyarrow and json, from the README's Run directory section alone (no scan).
+"""Run directories written by hand, with pandas, pyarrow and json, from the README's Run directory section
+alone (no scan).
 
 ``write_run`` writes run.json, samples.parquet, groups.parquet and scores.parquet for a square token grid
 tiled by k x k windows, each sample with its own image; ``write_grid`` writes a pruning grid folder

@@ -2,8 +2,8 @@
 
 Tiny checkpoints (``horizon.testing``) of every registered family scan two samples each, among them
 LLaVA-1.5 (a 5 x 5 grid: ragged 2 x 2 windows at the edges), Qwen2.5-VL (a 3 x 5 dynamic grid), LLaVA-NeXT
-(a base grid plus a high-resolution grid) and Idefics3 (two tiles plus a thumbnail). The rectangle of every window in the report is checked
-against an independent computation from the adapter itself (its grids, their view rectangles and
+(a base grid plus a high-resolution grid) and Idefics3 (two tiles plus a thumbnail). The rectangle of every
+window in the report is checked against an independent computation from the adapter itself (its grids, their view rectangles and
 ``groups.tile``, with the cell arithmetic written out here), both in the report's data and in the page the
 browser draws.
 """

@@ -1,4 +1,5 @@
-"""The run directory (the README's Run directory section): run.json, and the samples, groups and scores tables as append-only parts.
+"""The run directory (the README's Run directory section): run.json, and the samples, groups and scores
+tables as append-only parts.
 
 Layout written by ``horizon scan``::
 

@@ -1,4 +1,5 @@
-"""Loading runs and the per-sample, per-layer statistics, computed a part at a time (the README's sections What is measured and Run directory).
+"""Loading runs and the per-sample, per-layer statistics, computed a part at a time (the README's sections
+What is measured and Run directory).
 
 ``load_runs`` reads what is small (run.json, the samples table, the floor);
 the scores stay on disk. ``stream_sample_stats`` reads them a piece at a
@@ -135,7 +136,8 @@ def _name_models(runs: list[dict[str, Any]]) -> None:
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Read run directories (the README's Run directory section, every layout), validating the columns the analysis needs.
+    """Read run directories (the README's Run directory section, every layout), validating the columns the
+    analysis needs.
 
     A run dict holds ``path``, ``config``, ``samples`` (the samples table's
     sample_id, task, status and floor: ``io.runs.read_sample_rows`` reads a
