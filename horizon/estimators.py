@@ -542,7 +542,7 @@ def estimate_keep(vlm: VisionLM, clean: CleanPass, target: torch.Tensor, groups:
         # the layers the base point opens from: every later layer adds its change (suffix from `layer`)
         remove = _output_softmax_estimate(grads, torch.tensor([layer]), ("dlogp",))
         # _output_softmax_estimate reports base - changed log p(y); here the change is the keep
-        base = float(per_position.sum().detach())
+        base = grads.logp
         keep = base - remove["dlogp"]  # (G,) log p(y) with g kept from `layer` on
         if "gain_logp" in metrics:
             out["gain_logp"].append(keep - base)
